@@ -1,0 +1,28 @@
+# Two commands on a fresh machine:  `make demo` (explain real photos)  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= demo-out
+PHOTOS  = $(shell $(BIN)/python -c "import os, skimage; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))")
+
+.PHONY: demo test install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[export,test]'
+	touch $@
+
+demo: install
+	$(BIN)/onnxcam export efficientnet_lite0 -o $(OUT)/efficientnet_lite0.onnx
+	$(BIN)/onnxcam info $(OUT)/efficientnet_lite0.onnx
+	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0.onnx $(PHOTOS)/coffee.png $(PHOTOS)/chelsea.png \
+		$(PHOTOS)/astronaut.png $(PHOTOS)/motorcycle_left.png -m cam -m gradcam -m gradcam++ --out $(OUT)
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(OUT) .pytest_cache

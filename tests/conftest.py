@@ -1,0 +1,50 @@
+"""Shared fixtures: random-weight models exported once per test session, real photos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoo import LAYERS, build, input_size
+
+
+def skimage_photo(name: str) -> Path:
+    """A real photo shipped inside scikit-image (no download)."""
+    import skimage
+
+    path = Path(os.path.dirname(skimage.__file__)) / "data" / name
+    assert path.is_file(), f"{path} missing: is scikit-image installed?"
+    return path
+
+
+class ExportedZoo:
+    """Exports each architecture's explainer graph on first use, then serves it from disk."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._cache: dict[str, tuple] = {}
+
+    def __call__(self, architecture: str):
+        """→ (torch model, path of the explainer graph, layer names)."""
+        if architecture not in self._cache:
+            from onnxcam.export import export_explainer
+
+            model = build(architecture)
+            size = input_size(architecture)
+            path = self.folder / f"{architecture}.onnx"
+            export_explainer(model, path, LAYERS[architecture], (2, 3, size, size), architecture=architecture)
+            self._cache[architecture] = (model, path, LAYERS[architecture])
+        return self._cache[architecture]
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory) -> ExportedZoo:
+    return ExportedZoo(tmp_path_factory.mktemp("zoo"))
+
+
+def random_batch(architecture: str, count: int = 3, seed: int = 7) -> np.ndarray:
+    size = input_size(architecture)
+    return np.random.default_rng(seed).standard_normal((count, 3, size, size)).astype(np.float32)

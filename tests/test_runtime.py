@@ -1,0 +1,113 @@
+"""Runtime behaviour beyond the maps: the Explanation, input checks, contract checks, providers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import random_batch
+from onnxcam.runtime import ContractError, Explainer, InputError, ProviderError, resolve_providers
+from onnxcam.runtime.contract import METADATA_KEY
+
+
+@pytest.fixture(scope="module")
+def resnet18(zoo):
+    return zoo("resnet18")
+
+
+def test_explanation_fields(resnet18):
+    _, path, layers = resnet18
+    explainer = Explainer(path, providers="cpu")
+    batch = random_batch("resnet18", count=2)
+    result = explainer.explain(batch, method="gradcam++", targets=[5, -1])
+    assert result.maps.shape == (2, 160, 160) and result.maps.dtype == np.float32
+    assert result.maps.min() >= 0 and np.isclose(result.maps.max(), 1, atol=1e-5)
+    assert result.logits.shape == (2, 1000)
+    assert result.targets.tolist() == [5, int(result.logits[1].argmax())]
+    assert set(result.layer_maps) == set(layers)
+    assert result.layer_maps["layer3"].shape == (2, 10, 10) and result.layer_maps["layer4"].shape == (2, 5, 5)
+    probabilities = np.exp(result.logits - result.logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    np.testing.assert_allclose(result.scores, probabilities[[0, 1], result.targets], rtol=1e-5)
+
+
+def test_one_int_target_applies_to_every_image(resnet18):
+    explainer = Explainer(resnet18[1], providers="cpu")
+    result = explainer.explain(random_batch("resnet18", count=3), targets=42)
+    assert result.targets.tolist() == [42, 42, 42]
+
+
+@pytest.mark.parametrize("targets,message", [
+    ([1000, 0], "out of range.*1000 classes"),
+    ([1], "1 targets for a batch of 2"),
+    ([0.5, 1.0], "integer"),
+])
+def test_bad_targets_are_refused(resnet18, targets, message):
+    explainer = Explainer(resnet18[1], providers="cpu")
+    with pytest.raises(InputError, match=message):
+        explainer.explain(random_batch("resnet18", count=2), targets=targets)
+
+
+def test_bad_batches_are_refused(resnet18):
+    explainer = Explainer(resnet18[1], providers="cpu")
+    with pytest.raises(InputError, match=r"shape \(2, 3, 64, 64\).*\[N, 3, 160, 160\]"):
+        explainer.explain(np.zeros((2, 3, 64, 64), np.float32))
+    with pytest.raises(InputError, match="dtype uint8"):
+        explainer.explain(np.zeros((1, 3, 160, 160), np.uint8))
+
+
+def test_unknown_method_and_layer(resnet18):
+    explainer = Explainer(resnet18[1], providers="cpu")
+    with pytest.raises(ValueError, match="unknown method 'scorecam'.*gradcam"):
+        explainer.explain(random_batch("resnet18", count=1), method="scorecam")
+    with pytest.raises(ContractError, match="'layer2' is not explained.*layer3"):
+        explainer.explain(random_batch("resnet18", count=1), layers=["layer2"])
+
+
+def test_a_plain_onnx_model_is_not_an_explainer_graph(tmp_path):
+    node = onnx.helper.make_node("Relu", ["x"], ["y"])
+    graph = onnx.helper.make_graph([node], "plain", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    path = tmp_path / "plain.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=10), path)
+    with pytest.raises(ContractError, match="not an onnxcam explainer graph.*onnxcam export"):
+        Explainer(path, providers="cpu")
+
+
+def test_a_newer_format_version_is_refused(resnet18, tmp_path):
+    model = onnx.load(str(resnet18[1]))
+    entry = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    record = json.loads(entry.value)
+    record["format_version"] = 99
+    entry.value = json.dumps(record)
+    path = tmp_path / "future.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ContractError, match="version 99 is not supported"):
+        Explainer(path, providers="cpu")
+
+
+def test_garbage_file_is_refused(tmp_path):
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(b"not a protobuf at all")
+    with pytest.raises(ContractError, match="cannot load this file"):
+        Explainer(path, providers="cpu")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        Explainer(tmp_path / "missing.onnx")
+
+
+def test_provider_selection():
+    available = ort.get_available_providers()
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        assert resolve_providers(None) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        assert resolve_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        assert resolve_providers(None) == ["CPUExecutionProvider"]
+        with pytest.raises(ProviderError, match="CUDAExecutionProvider is not available.*onnxcam\\[gpu\\]"):
+            resolve_providers("cuda")
+    with pytest.raises(ProviderError, match="TensorrtExecutionProvider|NoSuchProvider"):
+        resolve_providers(["NoSuchProvider"])
