@@ -39,6 +39,7 @@ def export_architecture(
     input_size: int | None = None,
     reshape: str | None = None,
     labels: Sequence[str] | None = None,
+    fp16: bool = False,
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """Build ``architecture`` and export its explainer graph.
@@ -87,7 +88,13 @@ def export_architecture(
     if reshape is None:
         reshape = recipe.reshape if recipe is not None else "auto"
     progress(f"exporting {name} at layer(s) {', '.join(layers)}, input 3x{size}x{size} …")
-    return export_explainer(
+    record = export_explainer(
         model, output, layers, (2, 3, size, size), reshape=reshape, preprocessing=preprocessing,
         labels=labels, architecture=name,
     )
+    if fp16:
+        from onnxcam.export.precision import convert_to_fp16
+
+        progress("converting to float16 …")
+        record = convert_to_fp16(output, output)
+    return record

@@ -211,10 +211,7 @@ def export_explainer(
     model_proto = onnx_program.model_proto
     onnx_passes.drop_matmul_broadcast_expands(model_proto)
     _name_batch_dimension(model_proto)
-    del model_proto.metadata_props[:]
-    entry = model_proto.metadata_props.add()
-    entry.key, entry.value = contract.METADATA_KEY, json.dumps(record)
-    _write_atomically(model_proto, Path(path))
+    write_explainer(model_proto, record, Path(path))
     return record
 
 
@@ -240,10 +237,14 @@ def _exporter_version() -> str:
     return f"onnxcam {mine}, torch {torch.__version__}"
 
 
-def _write_atomically(model_proto, path: Path) -> None:
-    """Write to a temporary file beside ``path`` and rename, so a failed export leaves nothing."""
+def write_explainer(model_proto, record: dict, path: Path) -> None:
+    """Store ``record`` as the graph's only metadata and write the model to ``path``, through a
+    temporary file beside it and a rename, so that a failed export leaves nothing."""
     import onnx
 
+    del model_proto.metadata_props[:]
+    entry = model_proto.metadata_props.add()
+    entry.key, entry.value = contract.METADATA_KEY, json.dumps(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     try:

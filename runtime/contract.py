@@ -8,7 +8,7 @@ Torch-free: the export side imports this module, never the other way round.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 FORMAT = "onnxcam.explainer"
@@ -76,7 +76,7 @@ class Contract:
     architecture: str | None = None
     score: str = "logit"
     exporter: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    precision: str = "float32"  # of the graph's arithmetic; inputs and outputs are always float32
 
     def layer(self, name_or_index: str | int) -> Layer:
         if isinstance(name_or_index, int):
@@ -165,6 +165,7 @@ def parse_metadata(metadata: dict[str, str], what: str = "model") -> Contract:
             architecture=record.get("architecture"),
             score=record.get("score", "logit"),
             exporter=record.get("exporter", ""),
+            precision=record.get("precision", "float32"),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ContractError(_NOT_EXPLAINER.format(what=what, why=f"metadata record is incomplete: {error!r}")) from None

@@ -129,3 +129,21 @@ def test_gradcam_matches_pytorch_grad_cam(model, exported):
     assert ours.maps.shape == reference.shape == (1, 224, 224)
     assert np.abs(ours.maps - reference).max() <= 1e-4, np.abs(ours.maps - reference).max()
     assert ours.maps.max() > 0.99  # a real map, not a flat one
+
+
+def test_fp16_graph_keeps_maps_within_002_of_fp32(exported, tmp_path):
+    """``export --fp16``: float16 arithmetic, float32 I/O; on real photos the maps barely move."""
+    from onnxcam.export.precision import convert_to_fp16
+
+    path, _ = exported
+    half = tmp_path / "efficientnet_lite0.fp16.onnx"
+    record = convert_to_fp16(path, half)
+    assert record["precision"] == "float16"
+    full, reduced = Explainer(path, providers="cpu"), Explainer(half, providers="cpu")
+    assert reduced.contract.precision == "float16"
+    batch, _ = load_batch([photo("coffee.png"), photo("chelsea.png")], full.contract)
+    for method in ("cam", "gradcam", "gradcam++"):
+        expected, result = full.explain(batch, method=method), reduced.explain(batch, method=method)
+        np.testing.assert_array_equal(result.targets, expected.targets)
+        assert np.abs(result.maps - expected.maps).max() <= 0.02, method
+    assert half.stat().st_size < 0.6 * path.stat().st_size

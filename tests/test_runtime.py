@@ -93,7 +93,7 @@ def test_a_newer_format_version_is_refused(resnet18, tmp_path):
 def test_garbage_file_is_refused(tmp_path):
     path = tmp_path / "garbage.onnx"
     path.write_bytes(b"not a protobuf at all")
-    with pytest.raises(ContractError, match="cannot load this file"):
+    with pytest.raises(ContractError, match="garbage.onnx: not an (ONNX model|onnxcam explainer graph)"):
         Explainer(path, providers="cpu")
     with pytest.raises(FileNotFoundError, match="no such file"):
         Explainer(tmp_path / "missing.onnx")
@@ -111,3 +111,21 @@ def test_provider_selection():
             resolve_providers("cuda")
     with pytest.raises(ProviderError, match="TensorrtExecutionProvider|NoSuchProvider"):
         resolve_providers(["NoSuchProvider"])
+
+
+def test_static_batch_runners_give_the_same_maps(resnet18):
+    """Fixed-size sessions with bound buffers (CUDA-graph replay on CUDA) change nothing in the results."""
+    dynamic = Explainer(resnet18[1], providers="cpu", static_batches=False)
+    static = Explainer(resnet18[1], providers="cpu", static_batches=True)
+    for count in (1, 3, 1):
+        batch = random_batch("resnet18", count=count, seed=count)
+        for method in ("gradcam", "gradcam++", "cam"):
+            layers = ["layer4"] if method == "cam" else None
+            expected = dynamic.explain(batch, method=method, layers=layers)
+            result = static.explain(batch, method=method, layers=layers)
+            np.testing.assert_array_equal(result.targets, expected.targets)
+            np.testing.assert_allclose(result.maps, expected.maps, atol=1e-6)
+            np.testing.assert_allclose(result.logits, expected.logits, rtol=1e-6, atol=1e-6)
+            for name, raw in expected.layer_maps.items():
+                np.testing.assert_allclose(result.layer_maps[name], raw, rtol=1e-5, atol=1e-6)
+    assert len(static._static) == 2 * 3  # one runner per (method, layers, batch size), reused
