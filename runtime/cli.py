@@ -100,7 +100,10 @@ def export(architecture: str, output: Path, weights: Path | None, layers: tuple[
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-m", "--method", "methods_", multiple=True, default=("gradcam",), show_default=True,
-              help="CAM method: cam, gradcam, gradcam++ (repeat for several).")
+              help="CAM method (repeat for several): cam, gradcam, gradcam++, xgradcam, hirescam, "
+                   "gradcam-elementwise, layercam, eigencam, eigengradcam.")
+@click.option("--eigen-smooth", is_flag=True,
+              help="Reduce channels by their first principal component instead of their sum (less noise).")
 @click.option("-t", "--target", type=int, default=None,
               help="Class id to explain in every image. Default: each image's top class.")
 @click.option("--layer", "layers", multiple=True, help="Explained layer(s) to use. Default: all in the graph.")
@@ -114,7 +117,7 @@ def export(architecture: str, output: Path, weights: Path | None, layers: tuple[
 @click.option("--colormap", type=click.Choice(["jet", "turbo", "inferno", "viridis", "magma", "hot"]),
               default="jet", show_default=True)
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heatmap opacity.")
-def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], target: int | None,
+def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], eigen_smooth: bool, target: int | None,
             layers: tuple[str, ...], out_dir: Path, save_maps: bool, provider: str, batch_size: int,
             colormap: str, alpha: float) -> None:
     """Explain IMAGES (files or folders) with the explainer graph MODEL.
@@ -131,8 +134,7 @@ def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ta
     from onnxcam.runtime.methods import get_method
     from onnxcam.runtime.session import Explainer
 
-    for name in methods_:
-        get_method(name)
+    methods_ = tuple(dict.fromkeys(get_method(name).name for name in methods_))  # canonical, once each
     paths = find_images(images)
     if not paths:
         raise ImageError("no image files found in " + ", ".join(map(str, images)) +
@@ -152,7 +154,8 @@ def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ta
             chunk = paths[start:start + batch_size]
             batch, views = load_batch(chunk, contract)
             targets = None if target is None else [target] * len(chunk)
-            results = {m: explainer.explain(batch, method=m, targets=targets, layers=chosen_layers) for m in methods_}
+            results = {m: explainer.explain(batch, method=m, targets=targets, layers=chosen_layers,
+                                            eigen_smooth=eigen_smooth) for m in methods_}
             first = next(iter(results.values()))
             top = first.logits.argmax(axis=1)
             out_dir.mkdir(parents=True, exist_ok=True)  # only once a batch has been explained
@@ -198,7 +201,7 @@ def info(model: Path, as_json: bool) -> None:
     click.echo(f"  score differentiated: raw {contract.score} of the target class; {contract.classes} classes")
     click.echo("  layers:")
     for index, layer in enumerate(contract.layers):
-        methods_ = "cam, gradcam, gradcam++" if layer.cam_weight else "gradcam, gradcam++"
+        methods_ = "all (cam too)" if layer.cam_weight else "all but cam"
         click.echo(f"    [{index}] {layer.name}  [C,h,w]={list(layer.shape)}  reshape={layer.reshape}  methods: {methods_}")
     pre = contract.preprocessing
     resize = f"resize shorter side to {pre['resize']}, centre-crop" if pre.get("resize") else "resize to"

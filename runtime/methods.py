@@ -17,6 +17,7 @@ import numpy as np
 
 EPSILON_NORMALISE = 1e-7  # pytorch-grad-cam's scale_cam_image
 EPSILON_GRADCAM_PLUS_PLUS = 1e-6
+EPSILON_XGRADCAM = 1e-7
 
 
 def gradcam_weights(activation: np.ndarray, gradient: np.ndarray, cam_weight: np.ndarray | None = None) -> np.ndarray:
@@ -46,30 +47,111 @@ def cam_weights(activation: np.ndarray, gradient: np.ndarray | None, cam_weight:
     return cam_weight
 
 
+def xgradcam_weights(activation: np.ndarray, gradient: np.ndarray, cam_weight: np.ndarray | None = None) -> np.ndarray:
+    """XGradCAM (Fu et al., 2020, arXiv:2008.02312): ``w_c = Σ_ij g_cij · A_cij / (Σ_ij A_cij + ε)``. → ``[N, C]``."""
+    activation_sum = activation.sum(axis=(2, 3), keepdims=True)
+    return (gradient * activation / (activation_sum + EPSILON_XGRADCAM)).sum(axis=(2, 3))
+
+
+def hirescam_contributions(activation: np.ndarray, gradient: np.ndarray, cam_weight=None) -> np.ndarray:
+    """HiResCAM (Draelos & Carin, 2020, arXiv:2011.08891): ``g ⊙ A``, summed over channels. → ``[N, C, h, w]``."""
+    return gradient * activation
+
+
+def gradcam_elementwise_contributions(activation: np.ndarray, gradient: np.ndarray, cam_weight=None) -> np.ndarray:
+    """Grad-CAM element-wise (pytorch-grad-cam's variant of HiResCAM): ``relu(g ⊙ A)``. → ``[N, C, h, w]``."""
+    return np.maximum(gradient * activation, 0)
+
+
+def layercam_contributions(activation: np.ndarray, gradient: np.ndarray, cam_weight=None) -> np.ndarray:
+    """LayerCAM (Jiang et al., 2021, IEEE TIP 30): ``relu(g) ⊙ A``. → ``[N, C, h, w]``."""
+    return np.maximum(gradient, 0) * activation
+
+
+def eigencam_contributions(activation: np.ndarray, gradient=None, cam_weight=None) -> np.ndarray:
+    """EigenCAM (Muhammad & Yeasin, 2020, arXiv:2008.00299): the activations themselves,
+    projected on their first principal component (no gradient, no class). → ``[N, C, h, w]``."""
+    return activation
+
+
+def eigengradcam_contributions(activation: np.ndarray, gradient: np.ndarray, cam_weight=None) -> np.ndarray:
+    """EigenGradCAM (pytorch-grad-cam): ``g ⊙ A`` projected on its first principal component. → ``[N, C, h, w]``."""
+    return gradient * activation
+
+
+def first_component_projection(contributions: np.ndarray) -> np.ndarray:
+    """Per image, the ``h·w`` positions (as rows of ``C`` features, centred) projected on their first
+    right-singular vector; NaNs count as 0 (pytorch-grad-cam's ``get_2d_projection``). ``[N,C,h,w]`` → ``[N,h,w]``."""
+    batch, channels, height, width = contributions.shape
+    projections = []
+    for planes in np.nan_to_num(contributions, nan=0.0):
+        rows = planes.reshape(channels, -1).T
+        rows = rows - rows.mean(axis=0)
+        _, _, vt = np.linalg.svd(rows, full_matrices=True)
+        projections.append((rows @ vt[0, :]).reshape(height, width))
+    return np.float32(projections)
+
+
 @dataclass(frozen=True)
 class Method:
-    """A CAM method: its channel-weight function and which graph outputs it reads."""
+    """A CAM method: how it turns one layer's outputs into a raw ``[N, h, w]`` map.
+
+    Either ``weights`` (channel weights ``[N, C]``; the map is ``Σ_c w_c A_c``) or
+    ``contributions`` (``[N, C, h, w]``; the map is their channel sum, or with
+    ``projection`` their first principal component).
+    """
 
     name: str
-    weights: Callable[..., np.ndarray]
+    weights: Callable[..., np.ndarray] | None = None
+    contributions: Callable[..., np.ndarray] | None = None
+    projection: bool = False
     needs_gradient: bool = True
     needs_cam_weight: bool = False
 
+    def raw_map(self, activation: np.ndarray, gradient: np.ndarray | None, cam_weight: np.ndarray | None,
+                eigen_smooth: bool = False) -> np.ndarray:
+        """The method's map of one layer before ReLU and normalisation, ``[N, h, w]``.
+
+        eigen_smooth: reduce the per-channel contributions by their first principal
+        component instead of their sum (pytorch-grad-cam's ``eigen_smooth``).
+        """
+        if self.weights is not None:
+            weights = self.weights(activation, gradient, cam_weight)
+            if not eigen_smooth:
+                return weighted_sum(weights, activation)
+            contributions = weights[:, :, None, None] * activation
+        else:
+            contributions = self.contributions(activation, gradient, cam_weight)
+        if self.projection or eigen_smooth:
+            return first_component_projection(contributions)
+        return contributions.sum(axis=1).astype(np.float32, copy=False)
+
 
 METHODS: dict[str, Method] = {
-    "cam": Method("cam", cam_weights, needs_gradient=False, needs_cam_weight=True),
-    "gradcam": Method("gradcam", gradcam_weights),
-    "gradcam++": Method("gradcam++", gradcam_plus_plus_weights),
+    "cam": Method("cam", weights=cam_weights, needs_gradient=False, needs_cam_weight=True),
+    "gradcam": Method("gradcam", weights=gradcam_weights),
+    "gradcam++": Method("gradcam++", weights=gradcam_plus_plus_weights),
+    "xgradcam": Method("xgradcam", weights=xgradcam_weights),
+    "hirescam": Method("hirescam", contributions=hirescam_contributions),
+    "gradcam-elementwise": Method("gradcam-elementwise", contributions=gradcam_elementwise_contributions),
+    "layercam": Method("layercam", contributions=layercam_contributions),
+    "eigencam": Method("eigencam", contributions=eigencam_contributions, projection=True, needs_gradient=False),
+    "eigengradcam": Method("eigengradcam", contributions=eigengradcam_contributions, projection=True),
 }
+_ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
 
 
 def get_method(name: str) -> Method:
-    """The registered method called ``name`` (case-insensitive; ``gradcampp`` = ``gradcam++``)."""
-    key = name.lower().replace("_", "").replace("-", "")
-    key = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}.get(key, key)
-    if key not in METHODS:
+    """The registered method called ``name`` (case, ``-`` and ``_`` ignored; ``gradcampp`` = ``gradcam++``)."""
+    lookup = {_key(canonical): canonical for canonical in METHODS}
+    key = _ALIASES.get(_key(name), _key(name))
+    if lookup.get(key, key) not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
-    return METHODS[key]
+    return METHODS[lookup.get(key, key)]
 
 
 def weighted_sum(weights: np.ndarray, activation: np.ndarray) -> np.ndarray:

@@ -232,11 +232,13 @@ class Explainer:
         method: str = "gradcam",
         targets: int | Sequence[int] | np.ndarray | None = None,
         layers: Sequence[str | int] | None = None,
+        eigen_smooth: bool = False,
     ) -> Explanation:
         """Explain ``batch`` (``float32 [N, C, H, W]``, preprocessed) with one CAM ``method``.
 
         targets: None (top class of every image), one int for all, or one int per image
         (negative = top class). layers: names or indices of explained layers (default: all).
+        eigen_smooth: reduce channels by their first principal component (pytorch-grad-cam's option).
         """
         chosen = get_layers(self.contract, layers)
         spec = methods.get_method(method)
@@ -250,9 +252,9 @@ class Explainer:
                 )
         batch = self.check_batch(batch)
         target_ids = self.check_targets(targets, batch.shape[0])
-        if self.postprocess == "graph" and graph_methods.supports(spec.name):
+        if self.postprocess == "graph" and graph_methods.supports(spec.name) and not eigen_smooth:
             return self._explain_in_graph(batch, target_ids, spec.name, chosen)
-        return self._explain_in_numpy(batch, target_ids, spec, chosen)
+        return self._explain_in_numpy(batch, target_ids, spec, chosen, eigen_smooth)
 
     def _explain_in_graph(self, batch, target_ids, method: str, chosen: list[Layer]) -> Explanation:
         if self.static_batches:
@@ -264,7 +266,8 @@ class Explainer:
         return Explanation(maps=values[2], logits=values[0], targets=values[1], method=method,
                            layer_maps={layer.name: raw for layer, raw in zip(chosen, values[3:])})
 
-    def _explain_in_numpy(self, batch, target_ids, spec: methods.Method, chosen: list[Layer]) -> Explanation:
+    def _explain_in_numpy(self, batch, target_ids, spec: methods.Method, chosen: list[Layer],
+                          eigen_smooth: bool = False) -> Explanation:
         names = [LOGITS, RESOLVED_TARGET]
         for layer in chosen:
             names.append(layer.activation)
@@ -278,9 +281,8 @@ class Explainer:
         raw_maps: dict[str, np.ndarray] = {}
         scaled = []
         for layer in chosen:
-            activation = outputs[layer.activation]
-            weights = spec.weights(activation, outputs.get(layer.gradient), outputs.get(layer.cam_weight))
-            raw = methods.weighted_sum(weights, activation)
+            raw = spec.raw_map(outputs[layer.activation], outputs.get(layer.gradient),
+                               outputs.get(layer.cam_weight), eigen_smooth)
             raw_maps[layer.name] = raw
             scaled.append(methods.layer_map(raw, size))
         return Explanation(

@@ -46,7 +46,7 @@ def test_info_prints_the_contract(tiny):
     result = run("info", tiny)
     assert result.exit_code == 0
     assert "features  [C,h,w]=[16, 24, 24]" in result.output
-    assert "methods: cam, gradcam, gradcam++" in result.output
+    assert "methods: all (cam too)" in result.output
     assert "input " in result.output and "['batch', 3, 48, 48]" in result.output
     assert "labels: none" in result.output
 
@@ -134,3 +134,16 @@ def test_cuda_request_never_falls_back_silently(tiny, photos, tmp_path):
     else:
         assert_one_line_error(result, r"CUDAExecutionProvider is not available")
         assert not (tmp_path / "out").exists()
+
+
+def test_numpy_methods_and_eigen_smooth_from_the_cli(tiny, photos, tmp_path):
+    out = tmp_path / "out"
+    result = run("explain", tiny, photos / "chelsea.png", "-m", "layercam", "-m", "EigenCAM", "--eigen-smooth",
+                 "--save-maps", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"chelsea.layercam.png", "chelsea.layercam.npy",
+                                              "chelsea.eigencam.png", "chelsea.eigencam.npy"}
+    explainer = Explainer(tiny, providers="cpu")
+    batch, _ = load_batch([photos / "chelsea.png"], explainer.contract)
+    expected = explainer.explain(batch, method="layercam", eigen_smooth=True).maps[0]
+    np.testing.assert_allclose(np.load(out / "chelsea.layercam.npy"), expected, atol=1e-6)

@@ -24,23 +24,24 @@ CASES = [(arch, method) for arch in LAYERS for method in ORACLES]
 POSTPROCESS = ["graph", "numpy"]  # maps made inside onnxruntime, or from fetched activations in numpy
 
 
-def oracle_maps(model, architecture, layers, method, batch, targets, double=False):
+def oracle_maps(model, architecture, layers, method, batch, targets, double=False, oracle=None, **options):
+    """pytorch-grad-cam's maps (``oracle``: its class; default the one for ``method``)."""
     if double:
         model = copy.deepcopy(model).double()
     tensor = torch.from_numpy(batch).double() if double else torch.from_numpy(batch)
     target_layers = [model.get_submodule(name) for name in layers]
-    with ORACLES[method](model, target_layers, reshape_transform=reshape_transform(architecture)) as cam:
-        return cam(tensor, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    with (oracle or ORACLES[method])(model, target_layers, reshape_transform=reshape_transform(architecture)) as cam:
+        return cam(tensor, targets=[ClassifierOutputTarget(int(t)) for t in targets], **options)
 
 
-def assert_parity(ours, model, architecture, layers, method, batch, targets):
-    reference = oracle_maps(model, architecture, layers, method, batch, targets)
+def assert_parity(ours, model, architecture, layers, method, batch, targets, oracle=None, **options):
+    reference = oracle_maps(model, architecture, layers, method, batch, targets, oracle=oracle, **options)
     assert ours.shape == reference.shape and ours.dtype == np.float32
     assert ours.min() >= 0 and ours.max() <= 1
     difference = np.abs(ours - reference)
     if difference.max() <= 1e-4:
         return
-    truth = oracle_maps(model, architecture, layers, method, batch, targets, double=True)
+    truth = oracle_maps(model, architecture, layers, method, batch, targets, double=True, oracle=oracle, **options)
     ours_error, oracle_error = np.abs(ours - truth), np.abs(reference - truth)
     assert ours_error.max() <= 2 * oracle_error.max() and ours_error.mean() <= 2 * oracle_error.mean(), (
         f"{layers}: max abs diff {difference.max():.2e} from pytorch-grad-cam; from float64 truth ours "
