@@ -123,6 +123,35 @@ def overlay(image: np.ndarray, map_: np.ndarray, colormap: str = "jet", alpha: f
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
+def strongest_channels(activation: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` channels of ``activation`` ``[C, h, w]`` with the largest mean, strongest first."""
+    means = activation.reshape(activation.shape[0], -1).mean(axis=1)
+    return np.argsort(-means, kind="stable")[:count]
+
+
+def feature_grid(activation: np.ndarray, count: int = 16, tile: int = 96, colormap: str = "viridis") -> tuple[np.ndarray, np.ndarray]:
+    """A grid image of the ``count`` strongest channels of one image's activation ``[C, h, w]``.
+
+    Each channel is min-max normalised on its own, resized to ``tile`` pixels (nearest, so
+    cells stay visible), coloured, and placed row by row, strongest first, with its index
+    written in the corner. Returns (RGB ``uint8`` grid, the channel indices shown).
+    """
+    if activation.ndim != 3:
+        raise ValueError(f"activation must be [C, h, w], got shape {activation.shape}")
+    channels = strongest_channels(activation, min(count, activation.shape[0]))
+    columns = int(np.ceil(np.sqrt(len(channels))))
+    rows = int(np.ceil(len(channels) / columns))
+    grid = np.zeros((rows * tile, columns * tile, 3), np.uint8)
+    for slot, channel in enumerate(channels):
+        plane = activation[channel].astype(np.float32)
+        plane = (plane - plane.min()) / (plane.max() - plane.min() + 1e-7)
+        cell = colorize(cv2.resize(plane, (tile, tile), interpolation=cv2.INTER_NEAREST), colormap)
+        cv2.putText(cell, str(int(channel)), (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        top, left = (slot // columns) * tile, (slot % columns) * tile
+        grid[top:top + tile, left:left + tile] = cell
+    return grid, channels
+
+
 def save_image(path: str | Path, rgb: np.ndarray) -> None:
     """Write an RGB ``uint8`` image (format from the suffix)."""
     path = Path(path)

@@ -19,6 +19,7 @@ from onnxcam.runtime.contract import (
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 PROVIDER_ALIASES = {"cuda": CUDA, "gpu": CUDA, "cpu": CPU}
+AUG_SMOOTH_FACTORS = (0.9, 1.0, 1.1)  # ttach's Multiply in pytorch-grad-cam's default augmentation
 
 
 class ProviderError(RuntimeError):
@@ -233,13 +234,19 @@ class Explainer:
         targets: int | Sequence[int] | np.ndarray | None = None,
         layers: Sequence[str | int] | None = None,
         eigen_smooth: bool = False,
+        aug_smooth: bool = False,
     ) -> Explanation:
         """Explain ``batch`` (``float32 [N, C, H, W]``, preprocessed) with one CAM ``method``.
 
         targets: None (top class of every image), one int for all, or one int per image
         (negative = top class). layers: names or indices of explained layers (default: all).
         eigen_smooth: reduce channels by their first principal component (pytorch-grad-cam's option).
+        aug_smooth: average the maps of six augmented passes (no flip / horizontal flip × input
+        scaled by 0.9, 1, 1.1), each map flipped back (pytorch-grad-cam's test-time augmentation).
+        With ``targets=None`` each pass explains its own top class, as pytorch-grad-cam does.
         """
+        if aug_smooth:
+            return self._explain_augmented(batch, method, targets, layers, eigen_smooth)
         chosen = get_layers(self.contract, layers)
         spec = methods.get_method(method)
         if spec.needs_cam_weight:
@@ -255,6 +262,21 @@ class Explainer:
         if self.postprocess == "graph" and graph_methods.supports(spec.name) and not eigen_smooth:
             return self._explain_in_graph(batch, target_ids, spec.name, chosen)
         return self._explain_in_numpy(batch, target_ids, spec, chosen, eigen_smooth)
+
+    def _explain_augmented(self, batch, method, targets, layers, eigen_smooth) -> Explanation:
+        """Mean of the maps over pytorch-grad-cam's six test-time augmentations; logits and
+        targets are those of the unaugmented batch."""
+        batch = self.check_batch(batch)
+        maps, plain = [], None
+        for flip in (False, True):
+            for factor in AUG_SMOOTH_FACTORS:
+                augmented = np.ascontiguousarray((batch[..., ::-1] if flip else batch) * np.float32(factor))
+                result = self.explain(augmented, method, targets, layers, eigen_smooth)
+                maps.append(result.maps[..., ::-1] if flip else result.maps)
+                if not flip and factor == 1.0:
+                    plain = result
+        return Explanation(maps=np.mean(np.float32(maps), axis=0), logits=plain.logits, targets=plain.targets,
+                           method=plain.method, layer_maps=plain.layer_maps)
 
     def _explain_in_graph(self, batch, target_ids, method: str, chosen: list[Layer]) -> Explanation:
         if self.static_batches:

@@ -147,3 +147,28 @@ def test_numpy_methods_and_eigen_smooth_from_the_cli(tiny, photos, tmp_path):
     batch, _ = load_batch([photos / "chelsea.png"], explainer.contract)
     expected = explainer.explain(batch, method="layercam", eigen_smooth=True).maps[0]
     np.testing.assert_allclose(np.load(out / "chelsea.layercam.npy"), expected, atol=1e-6)
+
+
+def test_features_grid_shows_the_strongest_channels(tiny, photos, tmp_path):
+    import torch
+
+    from zoo import tiny as build_tiny
+
+    output = tmp_path / "grid.png"
+    result = run("features", tiny, photos / "coffee.png", "--count", "5", "-o", output)
+    assert result.exit_code == 0, result.output
+    grid = load_image(output)
+    assert grid.shape == (2 * 96, 3 * 96, 3)  # 5 cells: 3 columns, 2 rows
+    explainer = Explainer(tiny, providers="cpu")
+    batch, _ = load_batch([photos / "coffee.png"], explainer.contract)
+    with torch.no_grad():
+        activation = build_tiny().features(torch.from_numpy(batch))[0].numpy()
+    expected = np.argsort(-activation.reshape(16, -1).mean(axis=1), kind="stable")[:5]
+    assert f"channels {', '.join(map(str, expected))} of features" in result.output
+    assert grid[-96:, -96:].max() == 0  # the sixth cell stays empty
+
+
+def test_features_of_a_missing_layer(tiny, photos, tmp_path):
+    result = run("features", tiny, photos / "coffee.png", "--layer", "nope", "-o", tmp_path / "g.png")
+    assert_one_line_error(result, r"layer 'nope' is not explained by this graph")
+    assert not (tmp_path / "g.png").exists()

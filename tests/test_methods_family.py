@@ -53,3 +53,23 @@ def test_eigen_smooth_matches_pytorch_grad_cam(zoo, method):
     oracle = GradCAM if method == "gradcam" else LayerCAM
     assert_parity(result.maps, model, "resnet18", ["layer4"], method, batch, result.targets,
                   oracle=oracle, eigen_smooth=True)
+
+
+@pytest.mark.parametrize("method,targets", [("gradcam", None), ("gradcam++", [3, 11])])
+def test_aug_smooth_matches_pytorch_grad_cam(zoo, method, targets):
+    """Six test-time augmentations, maps flipped back and averaged; None = each pass's own top class."""
+    import torch
+    from pytorch_grad_cam import GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, path, layers = zoo("resnet18")
+    explainer = Explainer(path, providers="cpu")
+    batch = random_batch("resnet18", count=2, seed=6)
+    result = explainer.explain(batch, method=method, targets=targets, layers=["layer3"], aug_smooth=True)
+    plain = explainer.explain(batch, method=method, targets=targets, layers=["layer3"])
+    assert np.abs(result.maps - plain.maps).max() > 1e-2  # the option does something
+    oracle = GradCAM if method == "gradcam" else GradCAMPlusPlus
+    with oracle(model, [model.layer3]) as cam:
+        reference = cam(torch.from_numpy(batch), aug_smooth=True,
+                        targets=None if targets is None else [ClassifierOutputTarget(t) for t in targets])
+    assert np.abs(result.maps - reference).max() <= 1e-4
