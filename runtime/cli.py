@@ -6,7 +6,6 @@ usage errors exit 2 (click's convention). Output files are written whole or not 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

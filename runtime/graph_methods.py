@@ -26,6 +26,11 @@ def raw_map_name(index: int) -> str:
     return f"onnxcam_raw_map_{index}"
 
 
+def output_names(layer_count: int) -> list[str]:
+    """The outputs of an extended graph, in the order the runtime reads them."""
+    return [LOGITS, RESOLVED_TARGET, MAP] + [raw_map_name(i) for i in range(layer_count)]
+
+
 class _Builder:
     """Appends nodes with unique names under a prefix."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -54,6 +55,13 @@ def resolve_providers(providers: str | Sequence[str] | None = None) -> list[str]
     if CUDA in wanted and CPU not in wanted:
         wanted.append(CPU)  # for the few ops CUDA lacks; CUDA still runs the graph
     return wanted
+
+
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """The exception types onnxruntime raises from session creation and runs."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (state.Fail, state.RuntimeException, state.InvalidGraph, state.NotImplemented, state.InvalidArgument)
 
 
 def read_model(path: str | Path) -> onnx.ModelProto:
@@ -180,9 +188,8 @@ class Explainer:
         """The fixed-size runner for ``batch`` images (created on first use of that size)."""
         key = (method, tuple(layer.name for layer in layers), batch)
         if key not in self._static:
-            names = [LOGITS, RESOLVED_TARGET, graph_methods.MAP] + \
-                [graph_methods.raw_map_name(i) for i in range(len(layers))]
-            self._static[key] = StaticRunner(self.extended_model(method, layers), batch, names, cuda=self._cuda)
+            self._static[key] = StaticRunner(self.extended_model(method, layers), batch,
+                                             graph_methods.output_names(len(layers)), cuda=self._cuda)
         return self._static[key]
 
     @property
@@ -279,11 +286,16 @@ class Explainer:
                            method=plain.method, layer_maps=plain.layer_maps)
 
     def _explain_in_graph(self, batch, target_ids, method: str, chosen: list[Layer]) -> Explanation:
+        values = None
         if self.static_batches:
-            values = self.static_runner(method, chosen, batch.shape[0])(batch, target_ids)
-        else:
-            names = [LOGITS, RESOLVED_TARGET, graph_methods.MAP] + \
-                [graph_methods.raw_map_name(i) for i in range(len(chosen))]
+            try:
+                values = self.static_runner(method, chosen, batch.shape[0])(batch, target_ids)
+            except ort_errors() as error:  # e.g. a graph whose nodes cannot all be captured on the GPU
+                warnings.warn(f"{self.path}: fixed-shape/CUDA-graph runner failed ({str(error).splitlines()[0]}); "
+                              "using the dynamic session from now on", RuntimeWarning, stacklevel=3)
+                self.static_batches = False
+        if values is None:
+            names = graph_methods.output_names(len(chosen))
             values = self.method_session(method, chosen).run(names, {INPUT: batch, TARGET: target_ids})
         return Explanation(maps=values[2], logits=values[0], targets=values[1], method=method,
                            layer_maps={layer.name: raw for layer, raw in zip(chosen, values[3:])})

@@ -129,3 +129,21 @@ def test_static_batch_runners_give_the_same_maps(resnet18):
             for name, raw in expected.layer_maps.items():
                 np.testing.assert_allclose(result.layer_maps[name], raw, rtol=1e-5, atol=1e-6)
     assert len(static._static) == 2 * 3  # one runner per (method, layers, batch size), reused
+
+
+def test_a_failing_static_runner_falls_back_to_the_dynamic_session(resnet18, monkeypatch):
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    from onnxcam.runtime import session as session_module
+
+    def refuse(*args, **kwargs):
+        raise state.Fail("CUDA graph capture is not supported for this graph")
+
+    monkeypatch.setattr(session_module, "StaticRunner", refuse)
+    explainer = Explainer(resnet18[1], providers="cpu", static_batches=True)
+    batch = random_batch("resnet18", count=2)
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture is not supported.*dynamic session"):
+        result = explainer.explain(batch)
+    assert explainer.static_batches is False
+    expected = Explainer(resnet18[1], providers="cpu").explain(batch)
+    np.testing.assert_array_equal(result.maps, expected.maps)
