@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 OUT    ?= demo-out
 PHOTOS  = $(shell $(BIN)/python -c "import os, skimage; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))")
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean gallery
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,13 @@ demo: install
 	$(BIN)/onnxcam info $(OUT)/efficientnet_lite0.onnx
 	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0.onnx $(PHOTOS)/coffee.png $(PHOTOS)/chelsea.png \
 		$(PHOTOS)/astronaut.png $(PHOTOS)/motorcycle_left.png -m cam -m gradcam -m gradcam++ --out $(OUT)
+
+# one overlay per method on a real photo, for the README's method table
+gallery: install
+	$(BIN)/onnxcam export efficientnet_lite0 -o $(OUT)/efficientnet_lite0.onnx
+	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0.onnx $(PHOTOS)/chelsea.png --out docs/gallery \
+		-m cam -m gradcam -m gradcam++ -m xgradcam -m hirescam -m gradcam-elementwise -m layercam \
+		-m eigencam -m eigengradcam
 
 test: install
 	$(BIN)/python -m pytest
