@@ -26,7 +26,7 @@ gallery: install
 	$(BIN)/onnxcam export efficientnet_lite0 -o $(OUT)/efficientnet_lite0.onnx
 	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0.onnx $(PHOTOS)/chelsea.png --out docs/gallery \
 		-m cam -m gradcam -m gradcam++ -m xgradcam -m hirescam -m gradcam-elementwise -m layercam \
-		-m eigencam -m eigengradcam
+		-m eigencam -m eigengradcam -m kpca-cam
 
 test: install
 	$(BIN)/python -m pytest

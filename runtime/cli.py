@@ -100,7 +100,7 @@ def export(architecture: str, output: Path, weights: Path | None, layers: tuple[
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-m", "--method", "methods_", multiple=True, default=("gradcam",), show_default=True,
               help="CAM method (repeat for several): cam, gradcam, gradcam++, xgradcam, hirescam, "
-                   "gradcam-elementwise, layercam, eigencam, eigengradcam.")
+                   "gradcam-elementwise, layercam, eigencam, eigengradcam, kpca-cam.")
 @click.option("--eigen-smooth", is_flag=True,
               help="Reduce channels by their first principal component instead of their sum (less noise).")
 @click.option("--aug-smooth", is_flag=True,

@@ -92,19 +92,40 @@ def first_component_projection(contributions: np.ndarray) -> np.ndarray:
     return np.float32(projections)
 
 
+def kernel_component_projection(contributions: np.ndarray, gamma: float | None = None) -> np.ndarray:
+    """KPCA-CAM's reduction (Karmani et al., 2024, arXiv:2410.00267): per image, the centred
+    ``h·w`` rows of ``C`` features, a sigmoid kernel ``tanh(γ·x·yᵀ + 1)`` (``γ = 1/C`` by
+    default), double-centred, and the rows' coordinates on its top eigenvector scaled by
+    ``√λ``, signed so that the largest-magnitude coordinate is positive (scikit-learn's
+    ``KernelPCA(n_components=1, kernel="sigmoid")``, which pytorch-grad-cam calls).
+    ``[N, C, h, w]`` → ``[N, h, w]``."""
+    batch, channels, height, width = contributions.shape
+    gamma = 1.0 / channels if gamma is None else gamma
+    projections = []
+    for planes in np.nan_to_num(contributions, nan=0.0):
+        rows = planes.reshape(channels, -1).T
+        rows = rows - rows.mean(axis=0)
+        kernel = np.tanh(gamma * (rows @ rows.T) + 1.0)
+        kernel = kernel - kernel.mean(axis=0) - kernel.mean(axis=1, keepdims=True) + kernel.mean()
+        eigenvalues, eigenvectors = np.linalg.eigh(kernel)
+        vector = eigenvectors[:, -1] * np.sign(eigenvectors[np.abs(eigenvectors[:, -1]).argmax(), -1])
+        projections.append((vector * np.sqrt(max(eigenvalues[-1], 0.0))).reshape(height, width))
+    return np.float32(projections)
+
+
 @dataclass(frozen=True)
 class Method:
     """A CAM method: how it turns one layer's outputs into a raw ``[N, h, w]`` map.
 
     Either ``weights`` (channel weights ``[N, C]``; the map is ``Σ_c w_c A_c``) or
-    ``contributions`` (``[N, C, h, w]``; the map is their channel sum, or with
-    ``projection`` their first principal component).
+    ``contributions`` (``[N, C, h, w]``; the map is their channel sum, or what
+    ``projection`` reduces them to, e.g. their first principal component).
     """
 
     name: str
     weights: Callable[..., np.ndarray] | None = None
     contributions: Callable[..., np.ndarray] | None = None
-    projection: bool = False
+    projection: Callable[[np.ndarray], np.ndarray] | None = None
     needs_gradient: bool = True
     needs_cam_weight: bool = False
 
@@ -122,7 +143,9 @@ class Method:
             contributions = weights[:, :, None, None] * activation
         else:
             contributions = self.contributions(activation, gradient, cam_weight)
-        if self.projection or eigen_smooth:
+        if self.projection is not None:
+            return self.projection(contributions)
+        if eigen_smooth:
             return first_component_projection(contributions)
         return contributions.sum(axis=1).astype(np.float32, copy=False)
 
@@ -135,8 +158,12 @@ METHODS: dict[str, Method] = {
     "hirescam": Method("hirescam", contributions=hirescam_contributions),
     "gradcam-elementwise": Method("gradcam-elementwise", contributions=gradcam_elementwise_contributions),
     "layercam": Method("layercam", contributions=layercam_contributions),
-    "eigencam": Method("eigencam", contributions=eigencam_contributions, projection=True, needs_gradient=False),
-    "eigengradcam": Method("eigengradcam", contributions=eigengradcam_contributions, projection=True),
+    "eigencam": Method("eigencam", contributions=eigencam_contributions, projection=first_component_projection,
+                       needs_gradient=False),
+    "eigengradcam": Method("eigengradcam", contributions=eigengradcam_contributions,
+                           projection=first_component_projection),
+    "kpca-cam": Method("kpca-cam", contributions=eigencam_contributions, projection=kernel_component_projection,
+                       needs_gradient=False),
 }
 _ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pytorch_grad_cam import (EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise, HiResCAM, LayerCAM,
-                              XGradCAM)
+from pytorch_grad_cam import (KPCA_CAM, EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise, HiResCAM,
+                              LayerCAM, XGradCAM)
 
 from conftest import random_batch
 from onnxcam.runtime import Explainer
@@ -13,7 +13,7 @@ from test_parity import assert_parity
 
 ORACLES = {
     "xgradcam": XGradCAM, "hirescam": HiResCAM, "gradcam-elementwise": GradCAMElementWise,
-    "layercam": LayerCAM, "eigencam": EigenCAM, "eigengradcam": EigenGradCAM,
+    "layercam": LayerCAM, "eigencam": EigenCAM, "eigengradcam": EigenGradCAM, "kpca-cam": KPCA_CAM,
 }
 ARCHITECTURES = ["resnet18", "vgg16", "densenet121", "vit_b_16"]
 # Known and open (issue 4): XGradCAM divides by each channel's activation sum, which is near zero
