@@ -163,7 +163,7 @@ def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
             out_dir.mkdir(parents=True, exist_ok=True)  # only once a batch has been explained
             for i, path in enumerate(chunk):
                 stem = stems[start + i]
-                top_prob = _softmax(first.logits[i])[top[i]]
+                top_prob = first.probabilities[i, top[i]]
                 line = f"{path}: top {top[i]} {contract.label(int(top[i]))!r} p={top_prob:.3f}"
                 if int(first.targets[i]) != int(top[i]):
                     line += (f"; explained {first.targets[i]} {contract.label(int(first.targets[i]))!r} "
@@ -291,11 +291,6 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 
 def _safe(method_name: str) -> str:
     return method_name.replace("+", "p")
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max())
-    return shifted / shifted.sum()
 
 
 def _write_png(path: Path, rgb: np.ndarray, save_image) -> None:

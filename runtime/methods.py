@@ -79,14 +79,21 @@ def eigengradcam_contributions(activation: np.ndarray, gradient: np.ndarray, cam
     return gradient * activation
 
 
+def _centred_positions(contributions: np.ndarray):
+    """Per image of ``[N, C, h, w]``: its ``h·w`` positions as rows of ``C`` features, each
+    feature centred over the positions, NaNs as 0. Yields ``[h·w, C]`` arrays."""
+    channels = contributions.shape[1]
+    for planes in np.nan_to_num(contributions, nan=0.0):
+        rows = planes.reshape(channels, -1).T
+        yield rows - rows.mean(axis=0)
+
+
 def first_component_projection(contributions: np.ndarray) -> np.ndarray:
     """Per image, the ``h·w`` positions (as rows of ``C`` features, centred) projected on their first
     right-singular vector; NaNs count as 0 (pytorch-grad-cam's ``get_2d_projection``). ``[N,C,h,w]`` → ``[N,h,w]``."""
-    batch, channels, height, width = contributions.shape
+    height, width = contributions.shape[2:]
     projections = []
-    for planes in np.nan_to_num(contributions, nan=0.0):
-        rows = planes.reshape(channels, -1).T
-        rows = rows - rows.mean(axis=0)
+    for rows in _centred_positions(contributions):
         _, _, vt = np.linalg.svd(rows, full_matrices=True)
         projections.append((rows @ vt[0, :]).reshape(height, width))
     return np.float32(projections)
@@ -99,12 +106,10 @@ def kernel_component_projection(contributions: np.ndarray, gamma: float | None =
     ``√λ``, signed so that the largest-magnitude coordinate is positive (scikit-learn's
     ``KernelPCA(n_components=1, kernel="sigmoid")``, which pytorch-grad-cam calls).
     ``[N, C, h, w]`` → ``[N, h, w]``."""
-    batch, channels, height, width = contributions.shape
+    channels, height, width = contributions.shape[1:]
     gamma = 1.0 / channels if gamma is None else gamma
     projections = []
-    for planes in np.nan_to_num(contributions, nan=0.0):
-        rows = planes.reshape(channels, -1).T
-        rows = rows - rows.mean(axis=0)
+    for rows in _centred_positions(contributions):
         kernel = np.tanh(gamma * (rows @ rows.T) + 1.0)
         kernel = kernel - kernel.mean(axis=0) - kernel.mean(axis=1, keepdims=True) + kernel.mean()
         eigenvalues, eigenvectors = np.linalg.eigh(kernel)
@@ -165,20 +170,23 @@ METHODS: dict[str, Method] = {
     "kpca-cam": Method("kpca-cam", contributions=eigencam_contributions, projection=kernel_component_projection,
                        needs_gradient=False),
 }
-_ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}
 
 
 def _key(name: str) -> str:
     return name.lower().replace("_", "").replace("-", "")
 
 
+# spelling (case, "-" and "_" ignored) → canonical name
+_LOOKUP = {_key(canonical): canonical for canonical in METHODS} | {"gradcampp": "gradcam++",
+                                                                   "gradcamplusplus": "gradcam++"}
+
+
 def get_method(name: str) -> Method:
     """The registered method called ``name`` (case, ``-`` and ``_`` ignored; ``gradcampp`` = ``gradcam++``)."""
-    lookup = {_key(canonical): canonical for canonical in METHODS}
-    key = _ALIASES.get(_key(name), _key(name))
-    if lookup.get(key, key) not in METHODS:
+    canonical = _LOOKUP.get(_key(name))
+    if canonical is None:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
-    return METHODS[lookup.get(key, key)]
+    return METHODS[canonical]
 
 
 def weighted_sum(weights: np.ndarray, activation: np.ndarray) -> np.ndarray:

@@ -117,11 +117,15 @@ class Explanation:
     layer_maps: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
+    def probabilities(self) -> np.ndarray:
+        """Softmax of the logits, ``[N, classes]``."""
+        exponentials = np.exp(self.logits - self.logits.max(axis=1, keepdims=True))
+        return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+    @property
     def scores(self) -> np.ndarray:
         """Softmax probability of each explained target, ``[N]``."""
-        shifted = self.logits - self.logits.max(axis=1, keepdims=True)
-        probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-        return probabilities[np.arange(len(self.targets)), self.targets]
+        return self.probabilities[np.arange(len(self.targets)), self.targets]
 
 
 class Explainer:
@@ -171,7 +175,7 @@ class Explainer:
 
     def method_session(self, method: str, layers: Sequence[Layer]) -> ort.InferenceSession:
         """The session over the explainer graph with ``method`` appended (created once per method and layers)."""
-        key = (method, tuple(layer.name for layer in layers))
+        key = _cache_key(method, layers)
         if key not in self._method_sessions:
             self._method_sessions[key] = open_session(self.extended_model(method, layers).SerializeToString(),
                                                       self._providers, what=f"{self.path} ({method})")
@@ -179,14 +183,14 @@ class Explainer:
 
     def extended_model(self, method: str, layers: Sequence[Layer]) -> onnx.ModelProto:
         """The explainer graph with ``method`` appended (built once per method and layers)."""
-        key = (method, tuple(layer.name for layer in layers))
+        key = _cache_key(method, layers)
         if key not in self._extended:
             self._extended[key] = graph_methods.append_method(self.model, self.contract, method, layers)
         return self._extended[key]
 
     def static_runner(self, method: str, layers: Sequence[Layer], batch: int) -> StaticRunner:
         """The fixed-size runner for ``batch`` images (created on first use of that size)."""
-        key = (method, tuple(layer.name for layer in layers), batch)
+        key = (*_cache_key(method, layers), batch)
         if key not in self._static:
             self._static[key] = StaticRunner(self.extended_model(method, layers), batch,
                                              graph_methods.output_names(len(layers)), cuda=self._cuda)
@@ -323,6 +327,11 @@ class Explainer:
             maps=methods.fuse_layers(scaled), logits=outputs[LOGITS], targets=outputs[RESOLVED_TARGET],
             method=spec.name, layer_maps=raw_maps,
         )
+
+
+def _cache_key(method: str, layers: Sequence[Layer]) -> tuple[str, tuple[str, ...]]:
+    """What the sessions and extended graphs built for a method over some layers are cached by."""
+    return method, tuple(layer.name for layer in layers)
 
 
 def get_layers(contract: Contract, layers: Sequence[str | int] | None) -> list[Layer]:
