@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxcam.runtime import graph_methods, methods
+from onnxcam.runtime import graph_methods, methods, subgraph
 from onnxcam.runtime.static_runner import StaticRunner
 from onnxcam.runtime.contract import (
     INPUT, LOGITS, RESOLVED_TARGET, TARGET, Contract, ContractError, Layer, parse_metadata,
@@ -160,6 +160,7 @@ class Explainer:
             raise ContractError(f"{self.path}: the graph lacks the outputs {sorted(missing)} its metadata promises; "
                                 "re-export it with `onnxcam export`")
         self._session: ort.InferenceSession | None = None
+        self._forward_session: ort.InferenceSession | None = None
         self._method_sessions: dict[tuple[str, tuple[str, ...]], ort.InferenceSession] = {}
         self._cuda = CUDA in self._providers
         self.static_batches = self._cuda if static_batches is None else static_batches
@@ -172,6 +173,21 @@ class Explainer:
         if self._session is None:
             self._session = open_session(self.model.SerializeToString(), self._providers, what=str(self.path))
         return self._session
+
+    @property
+    def forward_session(self) -> ort.InferenceSession:
+        """A session over the plain forward pass (``input → logits``, no backward; created on first use)."""
+        if self._forward_session is None:
+            self._forward_session = open_session(subgraph.forward_model(self.model).SerializeToString(),
+                                                 self._providers, what=f"{self.path} (forward pass)")
+        return self._forward_session
+
+    def logits(self, batch: np.ndarray, chunk: int = 32) -> np.ndarray:
+        """The model's logits ``[N, classes]`` for ``batch`` ``[N, C, H, W]``: forward passes only, at most
+        ``chunk`` images per session call."""
+        batch = self.check_batch(batch)
+        return np.concatenate([self.forward_session.run([LOGITS], {INPUT: batch[start:start + chunk]})[0]
+                               for start in range(0, batch.shape[0], chunk)])
 
     def method_session(self, method: str, layers: Sequence[Layer]) -> ort.InferenceSession:
         """The session over the explainer graph with ``method`` appended (created once per method and layers)."""
