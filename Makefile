@@ -23,10 +23,14 @@ demo: install
 
 # one overlay per method on a real photo, for the README's method table
 gallery: install
-	$(BIN)/onnxcam export efficientnet_lite0 -o $(OUT)/efficientnet_lite0.onnx
-	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0.onnx $(PHOTOS)/chelsea.png --out docs/gallery \
+	$(BIN)/onnxcam export efficientnet_lite0 --input-gradient plain --input-gradient guided \
+		-o $(OUT)/efficientnet_lite0-gradients.onnx
+	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0-gradients.onnx $(PHOTOS)/chelsea.png --out docs/gallery \
 		-m cam -m gradcam -m gradcam++ -m xgradcam -m hirescam -m gradcam-elementwise -m layercam \
-		-m eigencam -m eigengradcam -m kpca-cam
+		-m eigencam -m eigengradcam -m kpca-cam -m scorecam -m ablationcam \
+		-m saliency -m guided-backprop -m guided-gradcam
+	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0-gradients.onnx $(PHOTOS)/chelsea.png --out docs/gallery \
+		--top-k 3 -m gradcam
 
 test: install
 	$(BIN)/python -m pytest

@@ -40,6 +40,7 @@ def export_architecture(
     reshape: str | None = None,
     labels: Sequence[str] | None = None,
     fp16: bool = False,
+    input_gradients: Sequence[str] = (),
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """Build ``architecture`` and export its explainer graph.
@@ -90,7 +91,7 @@ def export_architecture(
     progress(f"exporting {name} at layer(s) {', '.join(layers)}, input 3x{size}x{size} …")
     record = export_explainer(
         model, output, layers, (2, 3, size, size), reshape=reshape, preprocessing=preprocessing,
-        labels=labels, architecture=name,
+        labels=labels, architecture=name, input_gradients=input_gradients,
     )
     if fp16:
         from onnxcam.export.precision import convert_to_fp16

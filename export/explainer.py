@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import warnings
 from collections.abc import Sequence
@@ -28,24 +29,96 @@ from onnxcam.runtime import contract
 OPSET = 18
 
 
+INPUT_GRADIENTS = ("plain", "guided")
+
+
+def _guided_gate(upper: float | None) -> type[torch.autograd.Function]:
+    """ReLU (``upper=None``) or ReLU6 whose backward, while ``GuidedReLU.guided`` is set, passes only
+    positive gradients through the open gate: ``∂x = ∂y · 1[gate open] · 1[∂y > 0]`` (Springenberg
+    et al., 2015). The bound is baked into the class: the tracer turns ``apply`` arguments into tensors."""
+
+    class GuidedGate(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return torch.relu(x) if upper is None else nn.functional.relu6(x)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (x,) = ctx.saved_tensors
+            mask = x > 0
+            if upper is not None:
+                mask = mask & (x < upper)
+            if GuidedReLU.guided:
+                mask = mask & (grad_output > 0)
+            return grad_output * mask.to(grad_output.dtype)
+
+    return GuidedGate
+
+
+_GATES = {None: _guided_gate(None), 6.0: _guided_gate(6.0)}  # nn.ReLU, nn.ReLU6
+
+
+class GuidedReLU(nn.Module):
+    """Stands in for every ``nn.ReLU`` (as pytorch-grad-cam's ``GuidedBackpropReLUModel`` does) and
+    ``nn.ReLU6`` module (which it leaves alone) when a guided input gradient is exported; the
+    flag is read while autograd is traced."""
+
+    guided = False
+
+    def __init__(self, upper: float | None = None):
+        super().__init__()
+        self.gate = _GATES[upper]
+
+    def forward(self, x):
+        return self.gate.apply(x)
+
+
+def _replace_relus(module: nn.Module) -> int:
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, (nn.ReLU, nn.ReLU6)):
+            setattr(module, name, GuidedReLU(6.0 if isinstance(child, nn.ReLU6) else None))
+            count += 1
+        else:
+            count += _replace_relus(child)
+    return count
+
+
+def _repeat_rows(tensor: torch.Tensor, times) -> torch.Tensor:
+    """``[N, ...]`` → ``[N·times, ...]``, each row ``times`` times in a row (image-major)."""
+    return tensor.unsqueeze(1).expand(tensor.shape[0], times, *tensor.shape[1:]).reshape(-1, *tensor.shape[1:])
+
+
 class ExplainerModule(nn.Module):
-    """Wraps a classifier: ``(input [N,C,H,W], target [N]) → logits, target, activations…, gradients…``.
+    """Wraps a classifier: ``(input [N,C,H,W], target [N,K]) → logits, target, activations…, gradients…``.
+
+    K targets per image are explained in one pass: from the *share point* on (the first
+    chosen layer, or the input when input gradients are asked for) each image's row is
+    repeated K times, so the part of the model before it runs once per image and the
+    rest once per (image, target); outputs have ``N·K`` rows, image-major.
 
     A forward hook on each chosen layer replaces the layer's output by a clone and
     keeps it, so that in-place ops later in the model (DenseNet's final ReLU, say)
     cannot change the stored activation, and so that the gradient is taken w.r.t.
-    exactly the tensor the rest of the model consumes.
+    exactly the tensor the rest of the model consumes (the "tail input", also returned
+    so that export can find the model's tail for Ablation-CAM).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], reshapes: Sequence[str],
-                 cam_heads: Sequence[nn.Linear | None]):
+                 cam_heads: Sequence[nn.Linear | None], input_gradients: Sequence[str] = (),
+                 share_at_input: bool = False):
         super().__init__()
         self.model = model
         self.layer_names = list(layers)
         self.reshapes = list(reshapes)
         self.cam_heads = nn.ModuleList([head if head is not None else nn.Identity() for head in cam_heads])
         self.has_cam_head = [head is not None for head in cam_heads]
+        self.input_gradients = list(input_gradients)
+        self.share_at_input = share_at_input or bool(self.input_gradients)
         self._captured: list[torch.Tensor | None] = [None] * len(self.layer_names)
+        self._handed_on: list[torch.Tensor | None] = [None] * len(self.layer_names)
+        self._repeats = None
         for index, name in enumerate(self.layer_names):
             find_layer(model, name).register_forward_hook(self._hook(index))
 
@@ -56,32 +129,56 @@ class ExplainerModule(nn.Module):
                     f"layer {self.layer_names[index]!r} returns {type(output).__name__}, not a tensor; "
                     "choose a layer whose output is one tensor"
                 )
+            if self._repeats is not None:  # the share point: from here on, one row per (image, target)
+                output = _repeat_rows(output, self._repeats)
+                self._repeats = None
             activation = output.clone()
             if not activation.requires_grad:
                 activation.requires_grad_(True)  # the first chosen layer: parameters are frozen
             self._captured[index] = activation
             # the model goes on with a copy, free to change it in place
-            return activation.clone()
+            self._handed_on[index] = activation.clone()
+            return self._handed_on[index]
         return keep
 
     def forward(self, input: torch.Tensor, target: torch.Tensor):
+        per_image = target.shape[1]
         with torch.enable_grad():
+            if self.share_at_input:
+                input = _repeat_rows(input, per_image).clone().requires_grad_(True)
+            else:
+                self._repeats = per_image
             logits = self.model(input)
             if logits.dim() != 2:
                 raise ValueError(
                     f"the model returns logits of shape {tuple(logits.shape)}; a classifier must return [N, classes]"
                 )
-            resolved = torch.where(target < 0, logits.argmax(dim=1), target)
-            score = logits.gather(1, resolved.unsqueeze(1)).sum()
+            image_logits = logits.reshape(-1, per_image, logits.shape[1])[:, 0]
+            ranked = torch.argsort(image_logits, dim=1, descending=True)
+            # a negative target -j is the image's j-th best class
+            rank = (-target - 1).clamp(min=0, max=logits.shape[1] - 1)
+            resolved = torch.where(target < 0, ranked.gather(1, rank), target)
+            score = logits.gather(1, resolved.reshape(-1, 1)).sum()
             captured = list(self._captured)
-            gradients = torch.autograd.grad(score, captured)
+            plain_inputs = [input] if "plain" in self.input_gradients else []
+            gradients = torch.autograd.grad(score, captured + plain_inputs, retain_graph=True)
+            input_gradients = list(gradients[len(captured):])
+            gradients = gradients[:len(captured)]
+            if "guided" in self.input_gradients:
+                GuidedReLU.guided = True
+                try:
+                    input_gradients += torch.autograd.grad(score, [input])
+                finally:
+                    GuidedReLU.guided = False
+        rows = resolved.reshape(-1)
         activations = [to_feature_map(a, r) for a, r in zip(captured, self.reshapes)]
         gradients = [to_feature_map(g, r) for g, r in zip(gradients, self.reshapes)]
         cam_weights = [
-            head.weight[resolved] for head, used in zip(self.cam_heads, self.has_cam_head) if used
+            head.weight[rows] for head, used in zip(self.cam_heads, self.has_cam_head) if used
         ]
-        return (logits, resolved, *[a.detach() for a in activations], *gradients,
-                *[w.detach() for w in cam_weights])
+        return (logits.detach(), resolved, *[a.detach() for a in activations], *gradients,
+                *[w.detach() for w in cam_weights], *input_gradients,
+                *[h.detach() for h in self._handed_on])
 
 
 def find_cam_head(model: nn.Module, activation: torch.Tensor, logits: torch.Tensor) -> nn.Linear | None:
@@ -119,6 +216,7 @@ def export_explainer(
     labels: Sequence[str] | None = None,
     architecture: str | None = None,
     example: torch.Tensor | None = None,
+    input_gradients: Sequence[str] = (),
 ) -> dict:
     """Write the explainer graph of ``model`` to ``path`` and return its metadata record.
 
@@ -131,6 +229,9 @@ def export_explainer(
     "channel_order": "RGB", "scale": 255.0}``; defaults to ImageNet constants at the input size.
     labels: class names, index = class id.
     example: an input batch to trace with (default: a seeded random batch of ``input_shape``).
+    input_gradients: also output ∂score/∂input: ``"plain"`` (``input_gradient``, for vanilla
+    saliency) and/or ``"guided"`` (``guided_gradient``: every ``nn.ReLU``/``nn.ReLU6`` module's
+    backward replaced by guided backprop's, for Guided Backprop and Guided Grad-CAM).
     """
     layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
@@ -140,6 +241,10 @@ def export_explainer(
     reshapes = [reshape] * len(layers) if isinstance(reshape, str) else list(reshape)
     if len(reshapes) != len(layers):
         raise ValueError("give one reshape per layer, or one for all")
+    input_gradients = list(dict.fromkeys(input_gradients))
+    unknown = [kind for kind in input_gradients if kind not in INPUT_GRADIENTS]
+    if unknown:
+        raise ValueError(f"unknown input gradient {unknown[0]!r}; choose from {', '.join(INPUT_GRADIENTS)}")
 
     model = copy.deepcopy(model).eval()
     for parameter in model.parameters():
@@ -172,14 +277,19 @@ def export_explainer(
     feature_maps = [to_feature_map(a, r) for a, r in zip(raw, reshapes)]
     cam_heads = [find_cam_head(model, f, logits) for f in feature_maps]
 
-    wrapper = ExplainerModule(model, layers, reshapes, cam_heads).eval()
-    target = torch.full((batch,), -1, dtype=torch.int64)
+    if "guided" in input_gradients and _replace_relus(model) == 0:
+        warnings.warn("the model has no nn.ReLU/ReLU6 modules: its guided gradient equals the plain input gradient")
+    share_at_input = bool(input_gradients) or not _rows_can_repeat_at_layer(model, layers, reshapes, cam_heads,
+                                                                             example)
+    wrapper = ExplainerModule(model, layers, reshapes, cam_heads, input_gradients, share_at_input).eval()
+    target = torch.tensor([[-1, -2]] * batch, dtype=torch.int64)  # two targets an image: K stays symbolic
     batch_dim = torch.export.Dim("batch", min=1)
+    targets_dim = torch.export.Dim("targets", min=1, max=int(logits.shape[1]))
 
     with _tracing_context():
         program = torch.export._trace._export(
             wrapper, (example, target),
-            dynamic_shapes={"input": {0: batch_dim}, "target": {0: batch_dim}},
+            dynamic_shapes={"input": {0: batch_dim}, "target": {0: batch_dim, 1: targets_dim}},
             strict=False, pre_dispatch=False,
         )
         program = program.run_decompositions(decompositions.table())
@@ -192,9 +302,12 @@ def export_explainer(
         )
         for i, (name, fmap, r, head) in enumerate(zip(layers, feature_maps, reshapes, cam_heads))
     ]
+    gradient_outputs = {kind: contract.INPUT_GRADIENT_OUTPUTS[kind] for kind in input_gradients}
+    tail_markers = [f"onnxcam_tail_input_{i}" for i in range(len(layers))]
     output_names = [contract.LOGITS, contract.RESOLVED_TARGET]
     output_names += [l.activation for l in described] + [l.gradient for l in described]
     output_names += [l.cam_weight for l in described if l.cam_weight]
+    output_names += list(gradient_outputs.values()) + tail_markers
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -204,15 +317,45 @@ def export_explainer(
             opset_version=OPSET, dynamo=True, optimize=True, verbose=False,
             custom_translation_table=onnx_rules.table(),
         )
+    model_proto = onnx_program.model_proto
+    tails = onnx_passes.find_tails(model_proto, tail_markers, [list(r.shape[1:]) for r in raw])
+    described = [dataclasses.replace(layer, tail=_tail_record(tail, raw_output, reshape))
+                 for layer, tail, raw_output, reshape in zip(described, tails, raw, reshapes)]
     record = contract.metadata_record(
         input_shape=tuple(example.shape[1:]), classes=int(logits.shape[1]), layers=described,
         preprocessing=preprocessing, labels=labels, architecture=architecture, exporter=_exporter_version(),
+        input_gradients=gradient_outputs,
     )
-    model_proto = onnx_program.model_proto
     onnx_passes.drop_matmul_broadcast_expands(model_proto)
     _name_batch_dimension(model_proto)
     write_explainer(model_proto, record, Path(path))
     return record
+
+
+def _rows_can_repeat_at_layer(model, layers, reshapes, cam_heads, example) -> bool:
+    """Whether the model still runs when rows are repeated from the first chosen layer on
+    (false when a tensor from before the layer is combined with one after it, which
+    classifiers rarely do); if not, rows are repeated from the input."""
+    wrapper = ExplainerModule(model, layers, reshapes, cam_heads)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outputs = wrapper(example[:1], torch.tensor([[-1, -2]]))
+        return outputs[0].shape[0] == 2
+    except RuntimeError:
+        return False
+    finally:
+        for module in model.modules():
+            module._forward_hooks.clear()
+
+
+def _tail_record(tail: str | None, raw_output: torch.Tensor, reshape: str) -> dict | None:
+    """What the runtime needs to run the model from a layer's output on (Ablation-CAM): the
+    tensor the rest of the model reads, its shape without the batch, and its channel axis."""
+    if tail is None:
+        return None
+    return {"input": tail, "shape": [int(s) for s in raw_output.shape[1:]],
+            "channel_axis": 1 if reshape == "none" else raw_output.dim() - 1}
 
 
 def _name_batch_dimension(model_proto, name: str = "batch") -> None:

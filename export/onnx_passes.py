@@ -96,3 +96,46 @@ def drop_matmul_broadcast_expands(model: onnx.ModelProto) -> int:
     for value in [v for v in graph.value_info if v.name in reshaped]:
         graph.value_info.remove(value)  # its recorded shape was the 3-D one
     return rewired
+
+
+def _identity_aliases(graph: onnx.GraphProto, name: str) -> set[str]:
+    """``name`` and every tensor equal to it through chains of Identity nodes."""
+    producers = {output: node for node in graph.node for output in node.output}
+    root = name
+    while root in producers and producers[root].op_type == "Identity":
+        root = producers[root].input[0]
+    aliases, pending = {root}, [root]
+    while pending:
+        current = pending.pop()
+        for node in graph.node:
+            if node.op_type == "Identity" and node.input[0] == current and node.output[0] not in aliases:
+                aliases.add(node.output[0])
+                pending.append(node.output[0])
+    return aliases
+
+
+def find_tails(model: onnx.ModelProto, markers: list[str], shapes: list[list[int]]) -> list[str | None]:
+    """For each marker output (the layer output the rest of the model reads; ``shapes``: its
+    shape without the batch), the tensor from which the logits can be computed alone (the
+    model's tail, for Ablation-CAM), or None where the logits also depend on the input by
+    another path (a connection bypasses the layer). The marker outputs are removed."""
+    from onnxcam.runtime.contract import ContractError, LOGITS
+    from onnxcam.runtime.subgraph import needed_nodes, tail_model
+
+    graph = model.graph
+    tails: list[str | None] = []
+    for marker, shape in zip(markers, shapes):
+        aliases = _identity_aliases(graph, marker)
+        _, reads = needed_nodes(graph, [LOGITS], stop_at=aliases)
+        read = reads & aliases
+        tail = read.pop() if len(read) == 1 else None
+        if tail is not None:
+            try:
+                tail_model(model, tail, shape)
+            except ContractError:
+                tail = None
+        tails.append(tail)
+    kept = [output for output in graph.output if output.name not in set(markers)]
+    del graph.output[:]
+    graph.output.extend(kept)
+    return tails

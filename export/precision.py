@@ -48,5 +48,7 @@ def convert_to_fp16(source: str | Path, destination: str | Path) -> dict:
     block = list(float16.DEFAULT_OP_BLOCK_LIST) + ["ScatterElements"]
     converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     record["precision"] = "float16"
+    for layer in record["layers"]:
+        layer["tail"] = None  # the tail now reads a float16 copy of the layer's output; Ablation-CAM needs fp32
     write_explainer(converted, record, Path(destination))
     return record

@@ -61,8 +61,12 @@ def main() -> None:
               help="Text file with one class name per line (default: ImageNet names for torchvision models).")
 @click.option("--fp16", is_flag=True,
               help="Write a float16 graph (float32 inputs/outputs) for CUDA: about 2x faster, maps within 0.02.")
+@click.option("--input-gradient", "input_gradients", multiple=True, type=click.Choice(["plain", "guided"]),
+              help="Also output the gradient w.r.t. the input: 'plain' for -m saliency, 'guided' (ReLU modules "
+                   "backpropagate guided) for -m guided-backprop / guided-gradcam. Costs a full backward pass.")
 def export(architecture: str, output: Path, weights: Path | None, layers: tuple[str, ...],
-           input_size: int | None, reshape: str | None, labels_file: Path | None, fp16: bool) -> None:
+           input_size: int | None, reshape: str | None, labels_file: Path | None, fp16: bool,
+           input_gradients: tuple[str, ...]) -> None:
     """Export ARCHITECTURE as an explainer graph (needs onnxcam[export]).
 
     ARCHITECTURE is efficientnet_lite0 (ImageNet-pretrained, weights from the
@@ -76,6 +80,7 @@ def export(architecture: str, output: Path, weights: Path | None, layers: tuple[
       onnxcam export resnet50 --weights resnet50.pth -o resnet50.onnx
       onnxcam export densenet121 --layer features.denseblock4 --layer features.norm5 -o dn.onnx
       onnxcam export mypackage.models:build_classifier --layer backbone.stage4 -o mine.onnx
+      onnxcam export resnet50 --input-gradient guided -o resnet50-guided.onnx
     """
     try:
         from onnxcam.export.build import export_architecture
@@ -88,7 +93,7 @@ def export(architecture: str, output: Path, weights: Path | None, layers: tuple[
         labels = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
     record = export_architecture(
         architecture, output, weights=weights, layers=list(layers) or None, input_size=input_size,
-        reshape=reshape, labels=labels, fp16=fp16,
+        reshape=reshape, labels=labels, fp16=fp16, input_gradients=input_gradients,
         progress=lambda message: click.echo(message, err=True),
     )
     layer_text = ", ".join(f"{l['name']} {tuple(l['shape'])}" for l in record["layers"])
@@ -99,14 +104,18 @@ def export(architecture: str, output: Path, weights: Path | None, layers: tuple[
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-m", "--method", "methods_", multiple=True, default=("gradcam",), show_default=True,
-              help="CAM method (repeat for several): cam, gradcam, gradcam++, xgradcam, hirescam, "
-                   "gradcam-elementwise, layercam, eigencam, eigengradcam, kpca-cam.")
+              help="Method (repeat for several): cam, gradcam, gradcam++, xgradcam, hirescam, "
+                   "gradcam-elementwise, layercam, eigencam, eigengradcam, kpca-cam, scorecam, ablationcam; "
+                   "with an --input-gradient export: saliency, guided-backprop, guided-gradcam.")
 @click.option("--eigen-smooth", is_flag=True,
               help="Reduce channels by their first principal component instead of their sum (less noise).")
 @click.option("--aug-smooth", is_flag=True,
               help="Average six augmented passes (flips x 0.9/1/1.1 scaling): smoother maps, 6x the work.")
 @click.option("-t", "--target", type=int, default=None,
               help="Class id to explain in every image. Default: each image's top class.")
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=None,
+              help="Explain each image's K best classes (one session call); one overlay per class, "
+                   "captioned with its name and probability.")
 @click.option("--layer", "layers", multiple=True, help="Explained layer(s) to use. Default: all in the graph.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("onnxcam-out"),
               show_default=True, help="Folder for the overlays (created if missing).")
@@ -119,24 +128,29 @@ def export(architecture: str, output: Path, weights: Path | None, layers: tuple[
               default="jet", show_default=True)
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heatmap opacity.")
 def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], eigen_smooth: bool, aug_smooth: bool,
-            target: int | None,
+            target: int | None, top_k: int | None,
             layers: tuple[str, ...], out_dir: Path, save_maps: bool, provider: str, batch_size: int,
             colormap: str, alpha: float) -> None:
     """Explain IMAGES (files or folders) with the explainer graph MODEL.
 
     Writes OUT/<image>.<method>.png, an overlay of the map on the image as the model
     saw it (resized and cropped), and prints each image's top class and the explained
-    class with its probability.
+    class with its probability. With --top-k K: OUT/<image>.<method>.top<k>.png, each
+    captioned with the class name and probability. Guided backprop and guided Grad-CAM
+    write the attribution itself as an image (pytorch-grad-cam's rendering).
 
     \b
-    Example:
+    Examples:
       onnxcam explain resnet50.onnx cat.jpg photos/ -m gradcam -m gradcam++ --out maps/
+      onnxcam explain resnet50.onnx cat.jpg --top-k 3 -m gradcam++
     """
-    from onnxcam.runtime.image import find_images, load_batch, overlay, save_image
+    from onnxcam.runtime.image import attribution_image, caption, find_images, load_batch, overlay, save_image
     from onnxcam.runtime.methods import get_method
     from onnxcam.runtime.session import Explainer
 
     methods_ = tuple(dict.fromkeys(get_method(name).name for name in methods_))  # canonical, once each
+    if top_k is not None and target is not None:
+        raise click.UsageError("give --target or --top-k, not both")
     paths = find_images(images)
     if not paths:
         raise ImageError("no image files found in " + ", ".join(map(str, images)) +
@@ -156,7 +170,7 @@ def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
             chunk = paths[start:start + batch_size]
             batch, views = load_batch(chunk, contract)
             targets = None if target is None else [target] * len(chunk)
-            results = {m: explainer.explain(batch, method=m, targets=targets, layers=chosen_layers,
+            results = {m: explainer.explain(batch, method=m, targets=targets, layers=chosen_layers, top_k=top_k,
                                             eigen_smooth=eigen_smooth, aug_smooth=aug_smooth) for m in methods_}
             first = next(iter(results.values()))
             top = first.logits.argmax(axis=1)
@@ -165,17 +179,29 @@ def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
                 stem = stems[start + i]
                 top_prob = first.probabilities[i, top[i]]
                 line = f"{path}: top {top[i]} {contract.label(int(top[i]))!r} p={top_prob:.3f}"
-                if int(first.targets[i]) != int(top[i]):
+                if top_k is None and int(first.targets[i]) != int(top[i]):
                     line += (f"; explained {first.targets[i]} {contract.label(int(first.targets[i]))!r} "
                              f"p={first.scores[i]:.3f}")
                 for method_name, result in results.items():
-                    file_name = f"{stem}.{_safe(method_name)}"
-                    _write_png(out_dir / f"{file_name}.png", overlay(views[i], result.maps[i], colormap, alpha), save_image)
-                    if save_maps:
-                        _write_npy(out_dir / f"{file_name}.npy", result.maps[i])
+                    for rank in range(top_k or 1):
+                        pick = (i, rank) if top_k else (i,)
+                        file_name = f"{stem}.{_safe(method_name)}" + (f".top{rank + 1}" if top_k else "")
+                        if result.attributions is not None and method_name != "saliency":
+                            picture = attribution_image(result.attributions[pick], contract.preprocessing.get("channel_order", "RGB"))
+                        else:
+                            picture = overlay(views[i], result.maps[pick], colormap, alpha)
+                        if top_k:
+                            class_id = int(result.targets[pick])
+                            picture = caption(picture, f"{contract.label(class_id)} p={result.scores[pick]:.3f}")
+                        _write_png(out_dir / f"{file_name}.png", picture, save_image)
+                        if save_maps:
+                            _write_npy(out_dir / f"{file_name}.npy", result.maps[pick])
+                if top_k:
+                    line += "; explained " + ", ".join(
+                        f"{contract.label(int(c))!r} p={p:.3f}" for c, p in zip(first.targets[i], first.scores[i]))
                 click.echo(line)
             bar.update(len(chunk))
-    click.echo(f"wrote {len(paths) * len(methods_)} overlay(s) to {out_dir}/", err=True)
+    click.echo(f"wrote {len(paths) * len(methods_) * (top_k or 1)} image(s) to {out_dir}/", err=True)
 
 
 @main.command()
@@ -233,9 +259,14 @@ def info(model: Path, as_json: bool) -> None:
     for item in session.get_outputs():
         click.echo(f"    {item.name:<18} {item.type:<22} {item.shape}")
     click.echo(f"  score differentiated: raw {contract.score} of the target class; {contract.classes} classes")
+    click.echo("  targets: " + ("a list per image, explained in one call (--top-k)" if explainer.takes_target_lists
+                                else "one per image (--top-k makes one call per rank)"))
+    click.echo("  input gradients: " + (", ".join(contract.input_gradients) or
+                                        "none (re-export with --input-gradient for saliency / guided backprop)"))
     click.echo("  layers:")
     for index, layer in enumerate(contract.layers):
-        methods_ = "all (cam too)" if layer.cam_weight else "all but cam"
+        missing = [name for name, absent in (("cam", not layer.cam_weight), ("ablationcam", not layer.tail)) if absent]
+        methods_ = "all" + (f" but {', '.join(missing)}" if missing else "")
         click.echo(f"    [{index}] {layer.name}  [C,h,w]={list(layer.shape)}  reshape={layer.reshape}  methods: {methods_}")
     pre = contract.preprocessing
     resize = f"resize shorter side to {pre['resize']}, centre-crop" if pre.get("resize") else "resize to"

@@ -8,7 +8,7 @@ Torch-free: the export side imports this module, never the other way round.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 FORMAT = "onnxcam.explainer"
@@ -19,6 +19,8 @@ INPUT = "input"
 TARGET = "target"
 LOGITS = "logits"
 RESOLVED_TARGET = "resolved_target"
+# optional outputs: ∂score/∂input, plain (vanilla saliency) or through guided-backprop ReLUs
+INPUT_GRADIENT_OUTPUTS = {"plain": "input_gradient", "guided": "guided_gradient"}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,6 +64,10 @@ class Layer:
     gradient: str
     cam_weight: str | None
     reshape: str = "none"
+    # the model from this layer on, for Ablation-CAM: {"input": tensor the rest of the model
+    # reads, "shape": its shape without the batch, "channel_axis": int}; None where a
+    # connection bypasses the layer or the graph predates it
+    tail: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class Contract:
     score: str = "logit"
     exporter: str = ""
     precision: str = "float32"  # of the graph's arithmetic; inputs and outputs are always float32
+    input_gradients: dict[str, str] = field(default_factory=dict)  # "plain"/"guided" → output name
 
     def layer(self, name_or_index: str | int) -> Layer:
         if isinstance(name_or_index, int):
@@ -104,6 +111,7 @@ def metadata_record(
     *, input_shape: Sequence[int], classes: int, layers: Sequence[Layer],
     preprocessing: dict[str, Any] | None, labels: Sequence[str] | None,
     architecture: str | None, exporter: str, score: str = "logit",
+    input_gradients: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The JSON-able record stored under ``metadata_props[METADATA_KEY]``."""
     if labels is not None and len(labels) != classes:
@@ -120,9 +128,10 @@ def metadata_record(
         "score": score,
         "layers": [
             {"name": l.name, "shape": list(l.shape), "reshape": l.reshape,
-             "activation": l.activation, "gradient": l.gradient, "cam_weight": l.cam_weight}
+             "activation": l.activation, "gradient": l.gradient, "cam_weight": l.cam_weight, "tail": l.tail}
             for l in layers
         ],
+        "input_gradients": dict(input_gradients or {}),
         "preprocessing": preprocessing or default_preprocessing(input_shape[1:]),
         "labels": list(labels) if labels is not None else None,
     }
@@ -152,7 +161,8 @@ def parse_metadata(metadata: dict[str, str], what: str = "model") -> Contract:
     try:
         layers = tuple(
             Layer(name=l["name"], shape=tuple(int(s) for s in l["shape"]), activation=l["activation"],
-                  gradient=l["gradient"], cam_weight=l.get("cam_weight"), reshape=l.get("reshape", "none"))
+                  gradient=l["gradient"], cam_weight=l.get("cam_weight"), reshape=l.get("reshape", "none"),
+                  tail=l.get("tail"))
             for l in record["layers"]
         )
         labels = record.get("labels")
@@ -166,6 +176,7 @@ def parse_metadata(metadata: dict[str, str], what: str = "model") -> Contract:
             score=record.get("score", "logit"),
             exporter=record.get("exporter", ""),
             precision=record.get("precision", "float32"),
+            input_gradients=dict(record.get("input_gradients") or {}),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ContractError(_NOT_EXPLAINER.format(what=what, why=f"metadata record is incomplete: {error!r}")) from None

@@ -123,6 +123,26 @@ def overlay(image: np.ndarray, map_: np.ndarray, colormap: str = "jet", alpha: f
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
+def caption(image: np.ndarray, text: str) -> np.ndarray:
+    """A copy of RGB ``uint8 [H, W, 3]`` ``image`` with ``text`` on a dark band at the top."""
+    captioned = np.ascontiguousarray(image).copy()
+    height = max(14, image.shape[0] // 14)
+    scale = height / 30
+    captioned[:height] = (captioned[:height] * 0.35).astype(np.uint8)
+    cv2.putText(captioned, text, (3, int(height * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                1, cv2.LINE_AA)
+    return captioned
+
+
+def attribution_image(attribution: np.ndarray, channel_order: str = "RGB") -> np.ndarray:
+    """An input-space attribution ``[C, H, W]`` (guided backprop) as RGB ``uint8 [H, W, 3]``:
+    standardised, scaled by 0.1 around grey and clipped, as pytorch-grad-cam's ``deprocess_image``."""
+    image = attribution.transpose(1, 2, 0).astype(np.float32)
+    image = (image - image.mean()) / (image.std() + 1e-5) * 0.1 + 0.5
+    image = np.uint8(np.clip(image, 0, 1) * 255)
+    return image[..., ::-1].copy() if channel_order.upper() == "BGR" else image
+
+
 def strongest_channels(activation: np.ndarray, count: int) -> np.ndarray:
     """Indices of the ``count`` channels of ``activation`` ``[C, h, w]`` with the largest mean, strongest first."""
     means = activation.reshape(activation.shape[0], -1).mean(axis=1)

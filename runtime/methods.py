@@ -133,16 +133,24 @@ class Method:
     projection: Callable[[np.ndarray], np.ndarray] | None = None
     needs_gradient: bool = True
     needs_cam_weight: bool = False
+    passes: str | None = None  # "score" / "ablation": weights from extra forward passes (perturbation.py)
+    input_gradient: str | None = None  # "plain" / "guided": an input-space method (the graph's ∂score/∂input)
+
+    @property
+    def uses_layers(self) -> bool:
+        """False for saliency and guided backprop, which only need the input gradient."""
+        return self.weights is not None or self.contributions is not None or self.passes is not None
 
     def raw_map(self, activation: np.ndarray, gradient: np.ndarray | None, cam_weight: np.ndarray | None,
-                eigen_smooth: bool = False) -> np.ndarray:
+                eigen_smooth: bool = False, weights: np.ndarray | None = None) -> np.ndarray:
         """The method's map of one layer before ReLU and normalisation, ``[N, h, w]``.
 
         eigen_smooth: reduce the per-channel contributions by their first principal
         component instead of their sum (pytorch-grad-cam's ``eigen_smooth``).
+        weights: channel weights ``[N, C]`` already computed (methods with extra passes).
         """
-        if self.weights is not None:
-            weights = self.weights(activation, gradient, cam_weight)
+        if weights is not None or self.weights is not None:
+            weights = self.weights(activation, gradient, cam_weight) if weights is None else weights
             if not eigen_smooth:
                 return weighted_sum(weights, activation)
             contributions = weights[:, :, None, None] * activation
@@ -167,6 +175,11 @@ METHODS: dict[str, Method] = {
                        needs_gradient=False),
     "eigengradcam": Method("eigengradcam", contributions=eigengradcam_contributions,
                            projection=first_component_projection),
+    "scorecam": Method("scorecam", needs_gradient=False, passes="score"),
+    "ablationcam": Method("ablationcam", needs_gradient=False, passes="ablation"),
+    "saliency": Method("saliency", needs_gradient=False, input_gradient="plain"),
+    "guided-backprop": Method("guided-backprop", needs_gradient=False, input_gradient="guided"),
+    "guided-gradcam": Method("guided-gradcam", weights=gradcam_weights, input_gradient="guided"),
     "kpca-cam": Method("kpca-cam", contributions=eigencam_contributions, projection=kernel_component_projection,
                        needs_gradient=False),
 }
@@ -187,6 +200,18 @@ def get_method(name: str) -> Method:
     if canonical is None:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     return METHODS[canonical]
+
+
+def saliency_map(input_gradient: np.ndarray) -> np.ndarray:
+    """Vanilla saliency (Simonyan et al., 2014, arXiv:1312.6034): ``max_c |∂y/∂x_c|`` per pixel.
+    ``[N, C, H, W]`` → ``[N, H, W]``."""
+    return np.abs(input_gradient).max(axis=1).astype(np.float32, copy=False)
+
+
+def guided_gradcam(cam_maps: np.ndarray, guided_gradient: np.ndarray) -> np.ndarray:
+    """Guided Grad-CAM (Selvaraju et al., 2017): the guided-backprop gradient (Springenberg et
+    al., 2015, arXiv:1412.6806) times the Grad-CAM map. ``[N, H, W]``, ``[N, C, H, W]`` → ``[N, C, H, W]``."""
+    return (cam_maps[:, None] * guided_gradient).astype(np.float32, copy=False)
 
 
 def weighted_sum(weights: np.ndarray, activation: np.ndarray) -> np.ndarray:

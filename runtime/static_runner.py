@@ -23,23 +23,29 @@ from onnxcam.runtime.contract import INPUT, TARGET
 _NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64}
 
 
-def fix_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    """A copy of ``model`` whose symbolic batch dimension (dim 0 of inputs and outputs) is ``batch``."""
+def fix_inputs(model: onnx.ModelProto, targets_shape: tuple[int, ...]) -> onnx.ModelProto:
+    """A copy of ``model`` whose inputs have fixed shapes: ``input`` ``[N, C, H, W]`` and
+    ``target`` of ``targets_shape`` (``[N]`` or ``[N, K]``); outputs are left to onnxruntime."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
-    for value in [*fixed.graph.input, *fixed.graph.output]:
+    for value in fixed.graph.input:
         dims = value.type.tensor_type.shape.dim
-        if len(dims) and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = batch
-    del fixed.graph.value_info[:]  # recorded with the symbolic dimension; onnxruntime infers them again
+        sizes = targets_shape if value.name == TARGET else targets_shape[:1]
+        for dim, size in zip(dims, sizes):
+            dim.Clear()
+            dim.dim_value = size
+    for value in fixed.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    del fixed.graph.value_info[:]  # recorded with symbolic dimensions; onnxruntime infers them again
     return fixed
 
 
 class StaticRunner:
     """One batch size of one graph: bound device buffers, optionally replayed as a CUDA graph."""
 
-    def __init__(self, model: onnx.ModelProto, batch: int, output_names: Sequence[str], cuda: bool):
-        fixed = fix_batch(model, batch)
+    def __init__(self, model: onnx.ModelProto, targets_shape: tuple[int, ...], output_names: Sequence[str], cuda: bool):
+        fixed = fix_inputs(model, tuple(targets_shape))
+        batch = targets_shape[0]
         options = ort.SessionOptions()
         options.log_severity_level = 3
         from onnxcam.runtime.session import CPU, CUDA, with_options
@@ -48,17 +54,14 @@ class StaticRunner:
         self.session = ort.InferenceSession(fixed.SerializeToString(), options, providers=providers)
         device = "cuda" if cuda else "cpu"
         self.output_names = list(output_names)
-        shapes = {v.name: v for v in self.session.get_outputs()}
-        self._input = ort.OrtValue.ortvalue_from_shape_and_type(
-            [batch, *[d for d in self.session.get_inputs()[0].shape[1:]]], np.float32, device, 0)
-        self._target = ort.OrtValue.ortvalue_from_shape_and_type([batch], np.int64, device, 0)
-        self._outputs = {}
-        for name in self.output_names:
-            shape = shapes[name].shape
-            if any(not isinstance(d, int) for d in shape):
-                raise ValueError(f"output {name} has a shape not fixed by the batch size: {shape}")
-            dtype = np.int64 if shapes[name].type == "tensor(int64)" else np.float32
-            self._outputs[name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, device, 0)
+        image_shape = [batch, *self.session.get_inputs()[0].shape[1:]]
+        self._input = ort.OrtValue.ortvalue_from_shape_and_type(image_shape, np.float32, device, 0)
+        self._target = ort.OrtValue.ortvalue_from_shape_and_type(list(targets_shape), np.int64, device, 0)
+        # output shapes follow from the input shapes: learn them from one plain run
+        probe = self.session.run(self.output_names, {INPUT: np.zeros(image_shape, np.float32),
+                                                     TARGET: np.full(targets_shape, -1, np.int64)})
+        self._outputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(list(value.shape), value.dtype, device, 0)
+                         for name, value in zip(self.output_names, probe)}
         self._binding = self.session.io_binding()
         self._binding.bind_ortvalue_input(INPUT, self._input)
         self._binding.bind_ortvalue_input(TARGET, self._target)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
-from onnxcam.runtime.contract import INPUT, LOGITS, ContractError
+from onnxcam.runtime.contract import INPUT, LOGITS, TARGET, ContractError
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -90,6 +91,55 @@ def slice_model(model: onnx.ModelProto, outputs: Sequence[str], inputs: Sequence
 
 
 def forward_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The explainer graph's plain forward pass: ``input [N,C,H,W] → logits [N, classes]``."""
-    graph_input = next(i for i in model.graph.input if i.name == INPUT)
-    return slice_model(model, [LOGITS], [graph_input])
+    """The explainer graph's plain forward pass: ``input [N,C,H,W] → logits [N, classes]``
+    (one target an image, where the graph takes target lists)."""
+    shape = [d.dim_value for d in next(i for i in model.graph.input if i.name == INPUT).type.tensor_type.shape.dim[1:]]
+    return tail_model(model, INPUT, shape)
+
+
+def tail_model(model: onnx.ModelProto, tail: str, shape: Sequence[int]) -> onnx.ModelProto:
+    """The model from a layer's output on: ``tail [B, *shape] → logits [B, classes]`` (Ablation-CAM).
+
+    The rest of the model may read the graph's ``input`` and ``target`` for their shapes only
+    (the exporter's batch arithmetic, ``N·K`` rows): those ``Shape`` nodes are rewritten as if
+    the ``B`` rows were ``B`` images with one target each. Any other use of them means the
+    logits do not follow from the layer alone, and raises ``ContractError``.
+    """
+    graph = model.graph
+    nodes, reads = needed_nodes(graph, [LOGITS], stop_at=[tail, INPUT, TARGET])
+    input_shape = next([d.dim_value for d in i.type.tensor_type.shape.dim[1:]] for i in graph.input if i.name == INPUT)
+    extra: list[onnx.NodeProto] = []
+    initializers: list[onnx.TensorProto] = []
+    rewritten: list[onnx.NodeProto] = []
+    for node in nodes:
+        read = [name for name in node.input if name in (INPUT, TARGET) and name != tail]
+        if not read:
+            rewritten.append(node)
+            continue
+        if node.op_type != "Shape":
+            raise ContractError(f"node {node.name or node.op_type} ({node.op_type}) reads {read[0]!r} after the layer")
+        prefix = f"onnxcam_tail/{len(extra)}"
+        rows = f"{prefix}/rows"
+        extra.append(helper.make_node("Shape", [tail], [rows], start=0, end=1))
+        rest = f"{prefix}/rest"
+        initializers.append(numpy_helper.from_array(
+            np.array(input_shape if node.input[0] == INPUT else [1], dtype=np.int64), rest))
+        full = f"{prefix}/full"
+        extra.append(helper.make_node("Concat", [rows, rest], [full], axis=0))
+        attributes = {a.name: a.i for a in node.attribute}
+        start, end = f"{prefix}/start", f"{prefix}/end"
+        initializers.append(numpy_helper.from_array(np.array([attributes.get("start", 0)], np.int64), start))
+        initializers.append(numpy_helper.from_array(np.array([attributes.get("end", 2 ** 62)], np.int64), end))
+        extra.append(helper.make_node("Slice", [full, start, end], [node.output[0]]))
+    if tail not in reads:
+        raise ContractError(f"the logits do not depend on {tail!r}")
+    sliced = onnx.ModelProto()
+    sliced.CopyFrom(model)
+    del sliced.graph.node[:]
+    sliced.graph.node.extend(extra + rewritten)
+    sliced.graph.initializer.extend(initializers)
+    del sliced.graph.value_info[:]
+    value = helper.make_tensor_value_info(tail, onnx.TensorProto.FLOAT, ["rows", *shape])
+    if tail == INPUT:
+        del sliced.graph.input[:]
+    return slice_model(sliced, [LOGITS], [value])

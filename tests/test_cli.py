@@ -46,7 +46,7 @@ def test_info_prints_the_contract(tiny):
     result = run("info", tiny)
     assert result.exit_code == 0
     assert "features  [C,h,w]=[16, 24, 24]" in result.output
-    assert "methods: all (cam too)" in result.output
+    assert "methods: all\n" in result.output and "targets: a list per image" in result.output
     assert "input " in result.output and "['batch', 3, 48, 48]" in result.output
     assert "labels: none" in result.output
 

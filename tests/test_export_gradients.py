@@ -66,7 +66,7 @@ def test_gradients_match_autograd_and_follow_the_input(zoo, architecture):
     gradients_per_input = []
     for seed in (1, 2):
         batch = random_batch(architecture, seed=seed)
-        outputs = session.run(names, {"input": batch, "target": targets})
+        outputs = session.run(names, {"input": batch, "target": targets[:, None]})  # one target an image
         reshape = reshape_transform(architecture)
         logits, resolved, activations, gradients = torch_reference(model, layers, batch, targets, reshape)
         double = {}
@@ -78,7 +78,7 @@ def test_gradients_match_autograd_and_follow_the_input(zoo, architecture):
                 double.update(activation=reference[2], gradient=reference[3])
             return double[kind][i]
         assert relative_error(outputs[0], logits) < TOLERANCE
-        np.testing.assert_array_equal(outputs[1], resolved)
+        np.testing.assert_array_equal(outputs[1][:, 0], resolved)
         for i, name in enumerate(layers):
             ours_activation, ours_gradient = outputs[2 + i], outputs[2 + len(layers) + i]
             assert ours_activation.shape == activations[i].shape, name
@@ -97,8 +97,8 @@ def test_batch_dimension_is_dynamic(zoo, batch_size):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     batch = random_batch("resnet18", count=batch_size, seed=3)
     targets = np.full(batch_size, -1, dtype=np.int64)
-    logits, resolved, *_ = session.run(None, {"input": batch, "target": targets})
+    logits, resolved, *_ = session.run(None, {"input": batch, "target": targets[:, None]})
     reference, reference_targets, _, _ = torch_reference(model, layers, batch, targets, None)
     assert logits.shape == (batch_size, 1000)
     assert relative_error(logits, reference) < TOLERANCE
-    np.testing.assert_array_equal(resolved, reference_targets)
+    np.testing.assert_array_equal(resolved[:, 0], reference_targets)

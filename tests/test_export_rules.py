@@ -51,7 +51,8 @@ def gradient_check(model: nn.Module, tmp_path, size: int = 12):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     batch = np.random.default_rng(0).standard_normal((3, 3, size, size)).astype(np.float32)
     targets = np.array([-1, 1, 2])
-    logits, resolved, activation, gradient = session.run(None, {"input": batch, "target": targets})
+    logits, resolved, activation, gradient = session.run(None, {"input": batch, "target": targets[:, None]})
+    resolved = resolved[:, 0]
 
     captured = []
     model.conv1.register_forward_hook(lambda m, i, o: captured.append(o))

@@ -62,8 +62,8 @@ def test_bad_batches_are_refused(resnet18):
 
 def test_unknown_method_and_layer(resnet18):
     explainer = Explainer(resnet18[1], providers="cpu")
-    with pytest.raises(ValueError, match="unknown method 'scorecam'.*gradcam"):
-        explainer.explain(random_batch("resnet18", count=1), method="scorecam")
+    with pytest.raises(ValueError, match="unknown method 'nosuchcam'.*gradcam"):
+        explainer.explain(random_batch("resnet18", count=1), method="nosuchcam")
     with pytest.raises(ContractError, match="'layer2' is not explained.*layer3"):
         explainer.explain(random_batch("resnet18", count=1), layers=["layer2"])
 
