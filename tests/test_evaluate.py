@@ -7,6 +7,8 @@ direct torch transcription of RISE's ``CausalMetric`` loop.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ import torch
 from conftest import skimage_photo
 from onnxcam.runtime import Explainer, load_batch
 from onnxcam.runtime import metrics as M
+from test_cli import assert_one_line_error, run, tiny  # noqa: F401  (tiny: the CLI tests' exported TinyNet)
 
 PHOTOS = ("chelsea.png", "coffee.png")
 
@@ -275,3 +278,74 @@ def test_deletion_and_insertion_match_rise(setting):
         assert len(curve) == 65
         assert ours[metric][0] == pytest.approx(M.auc(curve), abs=1e-5 * curve.max())
     assert ours["insertion"][0] > ours["deletion"][0]  # even a random net: its top class needs the salient pixels
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def photo_paths():
+    return [skimage_photo(name) for name in PHOTOS]
+
+
+def test_evaluate_prints_a_table_and_writes_csv_and_json(tiny, photo_paths, tmp_path):  # noqa: F811
+    import csv
+
+    table_csv, table_json = tmp_path / "out" / "faith.csv", tmp_path / "faith.json"
+    result = run("evaluate", tiny, *photo_paths, "-m", "gradcam", "-m", "GradCAM++", "--steps", "16",
+                 "--csv", table_csv, "--json", table_json)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split("|")[1].strip() == "method" and "avg-drop" in lines[0] and "road" in lines[0]
+    assert [line.split("|")[1].strip() for line in lines[2:4]] == ["gradcam", "gradcam++"]
+    rows = list(csv.DictReader(table_csv.open()))
+    assert [row["method"] for row in rows] == ["gradcam", "gradcam++"]
+    assert set(rows[0]) == {"method", "images", *M.METRICS}
+    record = json.loads(table_json.read_text())
+    assert record["images"] == [str(p) for p in photo_paths] and record["steps"] == 16
+    # the figures are the metrics of the maps Explainer makes, image by image
+    explainer = Explainer(tiny, providers="cpu")
+    batch, _ = load_batch(photo_paths, explainer.contract)
+    explanation = explainer.explain(batch, method="gradcam++")
+    expected = M.evaluate_maps(explainer.logits, batch, explanation.maps, explanation.targets,
+                               metrics=["avg-drop", "deletion", "road"], steps=16, seed=0)
+    per_image = record["methods"]["gradcam++"]["per_image"]
+    for metric in ("avg-drop", "deletion", "road"):
+        np.testing.assert_allclose(per_image[metric], expected[metric], rtol=1e-6, atol=1e-9)
+        assert float(rows[1][metric]) == pytest.approx(np.mean(expected[metric]), rel=1e-4, abs=1e-9)
+        assert record["methods"]["gradcam++"]["mean"][metric] == pytest.approx(np.mean(expected[metric]))
+    assert not list(tmp_path.rglob("*.partial*"))
+
+
+def test_evaluate_chosen_metrics_only(tiny, photo_paths, tmp_path):  # noqa: F811
+    result = run("evaluate", tiny, photo_paths[0], "--metric", "deletion", "--metric", "increase", "--steps", "8",
+                 "--json", tmp_path / "f.json")
+    assert result.exit_code == 0, result.output
+    header = [cell.strip() for cell in result.stdout.splitlines()[0].split("|")[1:-1]]
+    assert header == ["method", "increase", "deletion"]
+    assert set(json.loads((tmp_path / "f.json").read_text())["methods"]["gradcam"]["mean"]) == {"increase", "deletion"}
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["-m", "nosuchcam"], r"unknown method 'nosuchcam'"),
+    (["--metric", "auc"], r"unknown metric 'auc'"),
+    (["-m", "gradcam", "-m", "cam", "--layer", "features.0"], r"layer 'features.0' is not explained"),
+])
+def test_evaluate_bad_input_writes_nothing(tiny, photo_paths, tmp_path, arguments, message):  # noqa: F811
+    out = tmp_path / "out"
+    result = run("evaluate", tiny, *photo_paths, *arguments, "--csv", out / "f.csv", "--json", out / "f.json")
+    assert_one_line_error(result, message)
+    assert not out.exists()
+
+
+def test_evaluate_steps_must_be_positive(tiny, photo_paths, tmp_path):  # noqa: F811
+    result = run("evaluate", tiny, *photo_paths, "--steps", "0", "--csv", tmp_path / "f.csv")
+    assert result.exit_code == 2 and "--steps" in result.output  # click's usage error
+    assert not (tmp_path / "f.csv").exists()
+
+
+def test_evaluate_not_an_image_writes_nothing(tiny, tmp_path):  # noqa: F811
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not a jpeg")
+    result = run("evaluate", tiny, broken, "--csv", tmp_path / "f.csv")
+    assert_one_line_error(result, r"broken\.jpg: not a readable image")
+    assert not (tmp_path / "f.csv").exists()
