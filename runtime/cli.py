@@ -233,18 +233,11 @@ def evaluate(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], m
     get_layers(explainer.contract, chosen_layers)  # an unknown layer fails here, before any work
     batch, _ = load_batch(paths, explainer.contract)
 
-    def forward(images_: np.ndarray) -> np.ndarray:
-        return explainer.logits(images_, chunk=batch_size)
-
     report: dict[str, dict] = {}
     with click.progressbar(length=len(paths) * len(methods_), label="evaluating", file=sys.stderr) as bar:
         for method in methods_:
-            explained = [explainer.explain(batch[i:i + batch_size], method=method, layers=chosen_layers)
-                         for i in range(0, len(batch), batch_size)]
-            maps = np.concatenate([e.maps for e in explained])
-            targets = np.concatenate([e.targets for e in explained])
-            per_image = metrics.evaluate_maps(forward, batch, maps, targets, chosen_metrics, steps=steps,
-                                              chunk=batch_size, seed=seed, progress=bar.update)
+            per_image, targets = metrics.evaluate_method(explainer, batch, method, chosen_metrics, chosen_layers,
+                                                         steps, batch_size, seed, progress=bar.update)
             report[method] = {"mean": metrics.summarise(per_image), "targets": targets.tolist(),
                               "per_image": {name: values.tolist() for name, values in per_image.items()}}
     means = {method: entry["mean"] for method, entry in report.items()}

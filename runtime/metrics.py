@@ -260,6 +260,24 @@ def evaluate_maps(forward: Forward, batch: np.ndarray, maps: np.ndarray, targets
     return results
 
 
+def evaluate_method(explainer, batch: np.ndarray, method: str, metrics: Sequence[str] = METRICS,
+                    layers: Sequence[str | int] | None = None, steps: int = DEFAULT_STEPS, batch_size: int = 16,
+                    seed: int = 0, progress: Callable[[int], None] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``method``'s maps of ``batch [N, C, H, W]`` from ``explainer.explain`` (each image's top class, ``batch_size``
+    images per call), scored by :func:`evaluate_maps` with ``explainer.logits`` as the forward pass (onnxcam's
+    ``Explainer``). → (``{metric: [N]}``, the explained classes ``int64 [N]``)."""
+    explained = [explainer.explain(batch[i:i + batch_size], method=method, layers=layers)
+                 for i in range(0, len(batch), batch_size)]
+    maps = np.concatenate([e.maps for e in explained])
+    targets = np.concatenate([e.targets for e in explained])
+
+    def forward(images: np.ndarray) -> np.ndarray:
+        return explainer.logits(images, chunk=batch_size)
+
+    return evaluate_maps(forward, batch, maps, targets, metrics, steps=steps, chunk=batch_size, seed=seed,
+                         progress=progress), targets
+
+
 def _causal_ends(metrics: Sequence[str], image: np.ndarray) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(metric, start, finish) of the RISE curves asked for, for one image ``[C, H, W]``."""
     if "deletion" in metrics:
