@@ -180,7 +180,8 @@ def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
               help="Metric (repeat for several): avg-drop, increase, deletion, insertion, road-morf, road-lerf, "
                    "road. Default: all.")
 @click.option("--steps", type=click.IntRange(min=1), default=224, show_default=True,
-              help="Points of the deletion/insertion curves (RISE: 224 pixels per step at 224x224).")
+              help="Steps of the deletion/insertion curves, ceil(pixels/steps) pixels each "
+                   "(RISE: 224 pixels per step at 224x224).")
 @click.option("--layer", "layers", multiple=True, help="Explained layer(s) to use. Default: all in the graph.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table (means over images) as CSV.")
@@ -211,10 +212,12 @@ def evaluate(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], m
       road-lerf  ROAD, least relevant first (higher is better)
       road       ROAD combined, (lerf − morf)/2, pytorch-grad-cam's ROADCombined (higher is better)
 
-    ROAD needs scipy. Bad input is reported before any file is written.
+    ROAD needs scipy. Bad input is reported before any file is written. Cost per image and
+    method with all metrics: 2·steps + 20 forward passes and 18 sparse solves (EfficientNet-Lite0
+    at 224x224: 7 to 12 s on a 2-core CPU).
 
     \b
-    Example:
+    Examples:
       onnxcam evaluate effnet.onnx photos/ -m gradcam -m gradcam++ --csv faith.csv --json faith.json
       onnxcam evaluate effnet.onnx cat.jpg --metric deletion --metric insertion --steps 50
     """
@@ -227,6 +230,11 @@ def evaluate(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], m
 
     methods_ = tuple(dict.fromkeys(get_method(name).name for name in methods_))
     chosen_metrics = metrics.check_metrics(metric_names or metrics.METRICS)
+    if {"road-morf", "road-lerf", "road"} & set(chosen_metrics):
+        try:
+            metrics.require_scipy()
+        except ImportError as error:
+            raise click.ClickException(str(error)) from None
     paths = _image_paths(images)
     explainer = Explainer(model, providers=provider)
     chosen_layers = list(layers) or None

@@ -146,15 +146,23 @@ def road_imputed_pixels(map_: np.ndarray, percentile: float, most_relevant: bool
     return ~(ranked < threshold)
 
 
+def require_scipy():
+    """scipy (with ``scipy.sparse.linalg`` loaded), which ROAD's imputation needs; a one-line
+    ``ModuleNotFoundError`` saying how to install it if it is missing."""
+    try:
+        import scipy
+        import scipy.sparse.linalg  # noqa: F401
+    except ImportError:
+        raise ModuleNotFoundError("ROAD's imputation solves a sparse linear system with scipy, which is not "
+                                  "installed; install it with `pip install scipy`, or leave out the road metrics") from None
+    return scipy
+
+
 def _linear_system(image: np.ndarray, missing: np.ndarray):
     """ROAD's linear imputation as a sparse system ``A x = b``: each missing pixel is the weighted mean of its
     in-image 8-neighbours (``ROAD_NEIGHBOURS``), known neighbours moved to ``b``. → (``A`` csc ``[m, m]``,
     ``b [m, C]``, flat indices of the missing pixels ``[m]``)."""
-    try:
-        from scipy import sparse
-    except ImportError:
-        raise ModuleNotFoundError("ROAD's imputation solves a sparse linear system with scipy, which is not "
-                                  "installed; install it with `pip install scipy`, or leave out the road metrics") from None
+    sparse = require_scipy().sparse
     height, width = missing.shape
     flat = image.reshape(image.shape[0], -1).astype(np.float64)
     where = np.flatnonzero(missing)
@@ -187,10 +195,8 @@ def noisy_linear_imputation(image: np.ndarray, missing: np.ndarray, noise: float
     result = np.array(image, np.float32, copy=True)
     if not missing.any():
         return result
-    from scipy.sparse.linalg import spsolve
-
     matrix, b, where = _linear_system(result, missing)
-    solution = spsolve(matrix, b).reshape(where.size, -1).T  # [C, m]
+    solution = require_scipy().sparse.linalg.spsolve(matrix, b).reshape(where.size, -1).T  # [C, m]
     if noise:
         solution = solution + noise * (rng or np.random.default_rng()).standard_normal(solution.shape)
     flat = result.reshape(result.shape[0], -1)

@@ -8,6 +8,7 @@ direct torch transcription of RISE's ``CausalMetric`` loop.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -349,3 +350,13 @@ def test_evaluate_not_an_image_writes_nothing(tiny, tmp_path):  # noqa: F811
     result = run("evaluate", tiny, broken, "--csv", tmp_path / "f.csv")
     assert_one_line_error(result, r"broken\.jpg: not a readable image")
     assert not (tmp_path / "f.csv").exists()
+
+
+def test_road_without_scipy_is_one_line_and_the_rest_still_runs(tiny, photo_paths, tmp_path, monkeypatch):  # noqa: F811
+    for name in ("scipy", "scipy.sparse", "scipy.sparse.linalg"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    result = run("evaluate", tiny, photo_paths[0], "--csv", tmp_path / "f.csv")
+    assert_one_line_error(result, r"scipy.*pip install scipy")
+    assert not (tmp_path / "f.csv").exists()
+    result = run("evaluate", tiny, photo_paths[0], "--metric", "avg-drop", "--metric", "insertion", "--steps", "4")
+    assert result.exit_code == 0, result.output
