@@ -230,7 +230,7 @@ def evaluate(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], m
 
     methods_ = tuple(dict.fromkeys(get_method(name).name for name in methods_))
     chosen_metrics = metrics.check_metrics(metric_names or metrics.METRICS)
-    if {"road-morf", "road-lerf", "road"} & set(chosen_metrics):
+    if metrics.ROAD_METRICS & set(chosen_metrics):
         try:
             metrics.require_scipy()
         except ImportError as error:

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 METRICS = ("avg-drop", "increase", "deletion", "insertion", "road-morf", "road-lerf", "road")
+ROAD_METRICS = frozenset({"road-morf", "road-lerf", "road"})  # the ones that need scipy
 # which way is better, for tables: +1 higher is better, -1 lower is better
 BETTER = {"avg-drop": -1, "increase": +1, "deletion": -1, "insertion": +1, "road-morf": -1, "road-lerf": +1,
           "road": +1}
@@ -257,7 +258,7 @@ def evaluate_maps(forward: Forward, batch: np.ndarray, maps: np.ndarray, targets
     for i in range(len(batch)):
         for name, start, finish in _causal_ends(metrics, batch[i]):
             results[name][i] = auc(causal_curve(forward, start, finish, maps[i], int(targets[i]), steps, chunk))
-        if {"road-morf", "road-lerf", "road"} & set(metrics):
+        if ROAD_METRICS & set(metrics):
             for name, value in road_scores(forward, batch[i], maps[i], int(targets[i]), percentiles, noise, rng).items():
                 if name in results:
                     results[name][i] = value
