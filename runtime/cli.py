@@ -144,21 +144,14 @@ def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
       onnxcam explain resnet50.onnx cat.jpg photos/ -m gradcam -m gradcam++ --out maps/
       onnxcam explain resnet50.onnx cat.jpg --top-k 3 -m gradcam++
     """
-    from onnxcam.runtime.image import attribution_image, caption, find_images, load_batch, overlay, save_image
+    from onnxcam.runtime.image import attribution_image, caption, load_batch, overlay, save_image
     from onnxcam.runtime.methods import get_method
     from onnxcam.runtime.session import Explainer
 
     methods_ = tuple(dict.fromkeys(get_method(name).name for name in methods_))  # canonical, once each
     if top_k is not None and target is not None:
         raise click.UsageError("give --target or --top-k, not both")
-    paths = find_images(images)
-    if not paths:
-        raise ImageError("no image files found in " + ", ".join(map(str, images)) +
-                         f" (looked for {', '.join(('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.webp'))})")
-    unreadable = [p for p in paths if not _readable_image(p)]
-    if unreadable:
-        raise ImageError(f"{unreadable[0]}: not a readable image (expected PNG, JPEG, BMP, TIFF or WebP); "
-                         "remove it or name the images one by one")
+    paths = _image_paths(images)
     explainer = Explainer(model, providers=provider)
     contract = explainer.contract
     chosen_layers = list(layers) or None
@@ -202,6 +195,96 @@ def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
                 click.echo(line)
             bar.update(len(chunk))
     click.echo(f"wrote {len(paths) * len(methods_) * (top_k or 1)} image(s) to {out_dir}/", err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-m", "--method", "methods_", multiple=True, default=("gradcam", "gradcam++"), show_default=True,
+              help="CAM method to evaluate (repeat for several); any name `explain` takes.")
+@click.option("--metric", "metric_names", multiple=True,
+              help="Metric (repeat for several): avg-drop, increase, deletion, insertion, road-morf, road-lerf, "
+                   "road. Default: all.")
+@click.option("--steps", type=click.IntRange(min=1), default=224, show_default=True,
+              help="Steps of the deletion/insertion curves, ceil(pixels/steps) pixels each "
+                   "(RISE: 224 pixels per step at 224x224).")
+@click.option("--layer", "layers", multiple=True, help="Explained layer(s) to use. Default: all in the graph.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table (means over images) as CSV.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write means and per-image values as JSON.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of ROAD's imputation noise.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="onnxruntime execution provider; 'cuda' fails rather than falling back to CPU.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per explain call, perturbed images per forward call.")
+def evaluate(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], metric_names: tuple[str, ...],
+             steps: int, layers: tuple[str, ...], csv_path: Path | None, json_path: Path | None, seed: int,
+             provider: str, batch_size: int) -> None:
+    """Measure how faithful each method's maps are to the model MODEL on IMAGES.
+
+    For each method, explains every image's top class and prints one row of means over
+    the images, all on onnxruntime (the perturbed images take forward passes only):
+
+    \b
+      avg-drop   Average Drop %: 100·max(0, Y−O)/Y, Y = class probability on the image,
+                 O = on image ⊙ map (Grad-CAM++ paper; lower is better)
+      increase   Increase in Confidence %: how often O > Y (higher is better)
+      deletion   RISE deletion AUC: remove pixels (set to 0 after normalisation),
+                 most salient first (lower is better)
+      insertion  RISE insertion AUC: put pixels back into a blurred copy (higher is better)
+      road-morf  ROAD, most relevant first: mean probability change after noisy linear
+                 imputation of the top 90%..10% (lower is better)
+      road-lerf  ROAD, least relevant first (higher is better)
+      road       ROAD combined, (lerf − morf)/2, pytorch-grad-cam's ROADCombined (higher is better)
+
+    ROAD needs scipy. Bad input is reported before any file is written. Cost per image and
+    method with all metrics: 2·steps + 20 forward passes and 18 sparse solves (EfficientNet-Lite0
+    at 224x224: 7 to 12 s on a 2-core CPU).
+
+    \b
+    Examples:
+      onnxcam evaluate effnet.onnx photos/ -m gradcam -m gradcam++ --csv faith.csv --json faith.json
+      onnxcam evaluate effnet.onnx cat.jpg --metric deletion --metric insertion --steps 50
+    """
+    import json
+
+    from onnxcam.runtime import metrics
+    from onnxcam.runtime.image import load_batch
+    from onnxcam.runtime.methods import get_method
+    from onnxcam.runtime.session import Explainer, get_layers
+
+    methods_ = tuple(dict.fromkeys(get_method(name).name for name in methods_))
+    chosen_metrics = metrics.check_metrics(metric_names or metrics.METRICS)
+    if metrics.ROAD_METRICS & set(chosen_metrics):
+        try:
+            metrics.require_scipy()
+        except ImportError as error:
+            raise click.ClickException(str(error)) from None
+    paths = _image_paths(images)
+    explainer = Explainer(model, providers=provider)
+    chosen_layers = list(layers) or None
+    get_layers(explainer.contract, chosen_layers)  # an unknown layer fails here, before any work
+    batch, _ = load_batch(paths, explainer.contract)
+
+    report: dict[str, dict] = {}
+    with click.progressbar(length=len(paths) * len(methods_), label="evaluating", file=sys.stderr) as bar:
+        for method in methods_:
+            per_image, targets = metrics.evaluate_method(explainer, batch, method, chosen_metrics, chosen_layers,
+                                                         steps, batch_size, seed, progress=bar.update)
+            report[method] = {"mean": metrics.summarise(per_image), "targets": targets.tolist(),
+                              "per_image": {name: values.tolist() for name, values in per_image.items()}}
+    means = {method: entry["mean"] for method, entry in report.items()}
+    click.echo(metrics.markdown_table(means, chosen_metrics))
+    click.echo(f"mean over {len(paths)} image(s); {metrics.direction_note(chosen_metrics)}", err=True)
+    if csv_path is not None:
+        rows = ["method,images," + ",".join(chosen_metrics)]
+        rows += [f"{method},{len(paths)}," + ",".join(repr(row[m]) for m in chosen_metrics) for method, row in means.items()]
+        _write_text(csv_path, "\n".join(rows) + "\n")
+    if json_path is not None:
+        record = {"model": str(model), "images": [str(p) for p in paths], "metrics": list(chosen_metrics),
+                  "steps": steps, "seed": seed, "providers": explainer.providers, "methods": report}
+        _write_text(json_path, json.dumps(record, indent=1) + "\n")
 
 
 @main.command()
@@ -308,6 +391,21 @@ def bench(architecture: str, batches: tuple[int, ...], size: int, layer: str | N
     run(architecture, batches, size, layer, device, fp16, seconds, runs, log=click.echo)
 
 
+def _image_paths(images: tuple[Path, ...]) -> list[Path]:
+    """The image files named in ``images`` (folders expanded), or an ``ImageError`` naming the first bad one."""
+    from onnxcam.runtime.image import IMAGE_SUFFIXES, find_images
+
+    paths = find_images(images)
+    if not paths:
+        raise ImageError("no image files found in " + ", ".join(map(str, images)) +
+                         f" (looked for {', '.join(IMAGE_SUFFIXES)})")
+    unreadable = [p for p in paths if not _readable_image(p)]
+    if unreadable:
+        raise ImageError(f"{unreadable[0]}: not a readable image (expected PNG, JPEG, BMP, TIFF or WebP); "
+                         "remove it or name the images one by one")
+    return paths
+
+
 def _readable_image(path: Path) -> bool:
     import cv2
 
@@ -328,6 +426,16 @@ def _write_png(path: Path, rgb: np.ndarray, save_image) -> None:
     partial = path.with_name(path.stem + ".partial" + path.suffix)
     try:
         save_image(partial, rgb)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_text(text)
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ SCRIPT = """
 import sys
 from onnxcam.runtime import Explainer, load_batch, overlay
 from onnxcam.runtime.cli import main
-import onnxcam.models, onnxcam.models.torchvision_recipes, onnxcam.models.efficientnet_lite0
+import onnxcam.models, onnxcam.models.torchvision_recipes, onnxcam.models.efficientnet_lite0, onnxcam.runtime.metrics
 explainer = Explainer(sys.argv[1], providers="cpu")
 batch, views = load_batch([sys.argv[2]], explainer.contract)
 result = explainer.explain(batch, method="gradcam++")
