@@ -71,6 +71,7 @@ class Builder:
             self.shapes[name] = tuple(array.shape)
             self.types[name] = helper.np_dtype_to_tensor_dtype(array.dtype)
         self.dtype = dtype
+        self._model, self._forward_nodes, self._probe = model, len(model.graph.node), None
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._taken = {o for n in model.graph.node for o in n.output} | set(self.shapes)
@@ -114,9 +115,44 @@ class Builder:
     # -- shapes ---------------------------------------------------------------------------
     def shape(self, name: str) -> Shape:
         shape = self.shapes.get(name)
+        if not _static(shape):
+            shape = self.probed_shapes().get(name, shape)
         if shape is None:
             raise GradientError(f"the shape of {name!r} is unknown (ONNX shape inference could not find its rank)")
         return shape
+
+    def probed_shapes(self) -> dict[str, Shape]:
+        """Shapes ONNX inference left open, measured by running the forward graph at batch 2 and 3:
+        sizes that change with the batch become the symbol ``batch``."""
+        if self._probe is None:
+            import onnxruntime
+
+            model = onnx.ModelProto()
+            model.CopyFrom(self._model)
+            del model.graph.node[self._forward_nodes:]
+            open_ = [o for n in model.graph.node for o in n.output
+                     if o and o in self.types and not _static(self.shapes.get(o))]
+            del model.graph.output[:]
+            model.graph.output.extend(helper.make_tensor_value_info(o, self.types[o], None) for o in open_)
+            session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            runs = [dict(zip(open_, session.run(open_, self._feeds(model, batch)))) for batch in (2, 3)]
+            self._probe = {name: tuple(a if a == b else "batch" for a, b in zip(runs[0][name].shape, runs[1][name].shape))
+                           for name in open_}
+        return self._probe
+
+    @staticmethod
+    def _feeds(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
+        weights = {i.name for i in model.graph.initializer}
+        feeds = {}
+        for value in model.graph.input:
+            if value.name in weights:
+                continue
+            tensor_type = value.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") else batch for d in tensor_type.shape.dim]
+            np_dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+            feeds[value.name] = (np.random.default_rng(0).standard_normal(shape).astype(np_dtype)
+                                 if tensor_type.elem_type in FLOAT_TYPES else np.zeros(shape, np_dtype))
+        return feeds
 
     def rank(self, name: str) -> int:
         return len(self.shape(name))
@@ -176,6 +212,11 @@ class Builder:
 
     def where(self, condition: str, grad: str, otherwise: str | None = None) -> str:
         return self.op("Where", condition, grad, otherwise or self.const(0.0))
+
+
+def _static(shape: Shape | None) -> bool:
+    """Known rank and sizes (the batch symbol of the explainer's input aside)."""
+    return shape is not None and all(isinstance(d, int) or d == "batch" for d in shape)
 
 
 Rule = Callable[[Builder, onnx.NodeProto, list, list], Grads]
