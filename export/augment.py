@@ -61,9 +61,71 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
     the input of the last global pooling before the logits. logits: the ``[N, classes]`` tensor;
     default: the model's output, or the input of its final Softmax. size: ``(H, W)`` where the
     model's input has dynamic height/width. reshape: ``auto``/``none``/``nhwc``/``tokens``.
+    preprocessing: keys of the metadata record's ``preprocessing`` (size, resize, mean, std,
+    channel_order, scale); missing ones default to ImageNet's, RGB, /255, no resize, the model's size.
     """
     if architecture is None:
         architecture = Path(model).name if isinstance(model, (str, Path)) else (model.graph.name or "onnx model")
+    found = _analyse(model, size, logits)
+    proto, builder, sink = found.model, found.builder, found.sink
+    if layer is None:
+        layer, reason = found.default_layer()
+    else:
+        found.check_layer(layer)
+        reason = "chosen"
+    layout = _layout(proto, builder, layer, sink, reshape)
+    described = _build(proto, builder, layer, layout, sink)
+    image = found.image
+    steps = {**contract.default_preprocessing(image["shape"][1:]), **(preprocessing or {})}
+    steps["size"] = list(image["shape"][1:])
+    record = contract.metadata_record(
+        input_shape=image["shape"], classes=builder.shape(sink)[1], layers=[described], preprocessing=steps,
+        labels=labels,
+        architecture=architecture, exporter=f"onnxcam {onnxcam_version()} augment", score=found.score,
+    )
+    record["augment"] = {"source_input": image["name"], "source_layout": image["layout"], "logits_tensor": sink,
+                         "layer_tensor": layer}
+    _prune(proto.graph)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as error:  # a bug of onnxcam's, not of the user's file
+        raise AugmentError(f"the augmented graph does not pass onnx.checker ({str(error).splitlines()[0]}); "
+                           "please report this with the model") from None
+    if output is not None:
+        write_explainer(proto, record, Path(output))
+    return Augmented(proto, record, layer, reason, found.score, found.notes)
+
+
+def list_layers(model: str | Path | onnx.ModelProto, size: Sequence[int] | None = None,
+                logits: str | None = None) -> tuple[list[tuple[str, tuple]], str]:
+    """Tensors ``augment`` can explain (name, shape without batch), in graph order, and the default."""
+    found = _analyse(model, size, logits)
+    names = _feature_maps(found.builder, [o for n in found.model.graph.node for o in n.output
+                                          if o in found.live and o in found.feeding and o != found.sink])
+    return [(n, tuple(found.builder.shape(n)[1:])) for n in names], found.default_layer()[0]
+
+
+@dataclass
+class _Analysis:
+    """The prepared model (input replaced, outputs cleared) and what was found in it."""
+
+    model: onnx.ModelProto
+    builder: Builder
+    image: dict[str, Any]
+    sink: str
+    score: str
+    notes: list[str]
+    live: set[str]
+    feeding: set[str]
+
+    def default_layer(self) -> tuple[str, str]:
+        return _default_layer(self.model, self.builder, self.live, self.feeding)
+
+    def check_layer(self, layer: str) -> None:
+        _check_layer(self.model, self.builder, layer, self.live, self.feeding, self.sink)
+
+
+def _analyse(model: str | Path | onnx.ModelProto, size: Sequence[int] | None, logits: str | None) -> _Analysis:
     proto = _upgrade(_load(model))
     graph = proto.graph
     source_outputs = [o.name for o in graph.output]
@@ -73,26 +135,7 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
     builder = Builder(proto)
     sink, score, notes = _find_logits(proto, builder, logits, source_outputs)
     live = float_tensors_from(graph, contract.INPUT, builder.types)
-    feeding = ancestors(graph, sink)
-    if layer is None:
-        layer, reason = _default_layer(proto, builder, live, feeding, sink)
-    else:
-        _check_layer(proto, builder, layer, live, feeding, sink)
-        reason = "chosen"
-    layout = _layout(proto, builder, layer, sink, reshape)
-    described = _build(proto, builder, image, layer, layout, sink)
-    record = contract.metadata_record(
-        input_shape=image["shape"], classes=builder.shape(sink)[1], layers=[described],
-        preprocessing=preprocessing or contract.default_preprocessing(image["shape"][1:]), labels=labels,
-        architecture=architecture, exporter=f"onnxcam {onnxcam_version()} augment", score=score,
-    )
-    record["augment"] = {"source_input": image["name"], "source_layout": image["layout"], "logits_tensor": sink,
-                         "layer_tensor": layer}
-    _prune(graph)
-    onnx.checker.check_model(proto)
-    if output is not None:
-        write_explainer(proto, record, Path(output))
-    return Augmented(proto, record, layer, reason, score, notes)
+    return _Analysis(proto, builder, image, sink, score, notes, live, ancestors(graph, sink))
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -160,6 +203,9 @@ def _prepare_input(model: onnx.ModelProto, size: Sequence[int] | None) -> dict[s
         raise AugmentError(f"input {source.name!r} has shape {dims}: cannot tell its channel axis "
                            "(expected 1, 3 or 4 channels first or last)")
     if size is not None:
+        if all(spatial) and list(spatial) != [int(s) for s in size]:
+            raise AugmentError(f"input {source.name!r} takes {spatial[0]}x{spatial[1]} images, not "
+                               f"{size[0]}x{size[1]}; drop --size or give {spatial[0]} {spatial[1]}")
         spatial = [int(s) for s in size]
     if not all(spatial):
         raise AugmentError(f"input {source.name!r} has dynamic height/width {dims}; give the size the model "
@@ -221,8 +267,8 @@ def _find_logits(model: onnx.ModelProto, b: Builder, name: str | None,
 
 def _global_pool_axes(node: onnx.NodeProto, b: Builder) -> tuple[int, ...] | None:
     """The spatial axes when ``node`` averages a 4-D map over all of them (a CAM head), else None."""
-    shape = b.shapes.get(node.input[0]) if node.input else None
-    if shape is None or len(shape) != 4:
+    if not node.input or node.op_type not in ("GlobalAveragePool", "ReduceMean", "AveragePool") \
+            or _rank(b, node.input[0]) != 4:
         return None
     if node.op_type == "GlobalAveragePool":
         return (2, 3)
@@ -233,17 +279,21 @@ def _global_pool_axes(node: onnx.NodeProto, b: Builder) -> tuple[int, ...] | Non
             return None
         return axes if axes in ((2, 3), (1, 2)) else None
     if node.op_type == "AveragePool" and not any(onnx_grad.attr(node, "pads", None) or []):
-        return (2, 3) if list(onnx_grad.attr(node, "kernel_shape")) == list(shape[2:]) else None
+        return (2, 3) if list(onnx_grad.attr(node, "kernel_shape")) == list(b.shape(node.input[0])[2:]) else None
     return None
+
+
+def _rank(b: Builder, name: str) -> int:
+    """The rank of ``name`` (0 where even a trial run cannot tell)."""
+    return len(b.shapes.get(name) or b.probed_shapes().get(name) or ())
 
 
 def _feature_maps(b: Builder, names: Sequence[str]) -> list[str]:
     """Candidates for --layer: float tensors of rank 3 or 4."""
-    return [n for n in names if b.types.get(n) in onnx_grad.FLOAT_TYPES and len(b.shapes.get(n) or ()) in (3, 4)]
+    return [n for n in names if b.types.get(n) in onnx_grad.FLOAT_TYPES and _rank(b, n) in (3, 4)]
 
 
-def _default_layer(model: onnx.ModelProto, b: Builder, live: set[str], feeding: set[str],
-                   sink: str) -> tuple[str, str]:
+def _default_layer(model: onnx.ModelProto, b: Builder, live: set[str], feeding: set[str]) -> tuple[str, str]:
     """The input of the last global pooling before the logits, else the last 4-D map."""
     producers = _producers(model.graph)
     for node in reversed(model.graph.node):
@@ -254,7 +304,7 @@ def _default_layer(model: onnx.ModelProto, b: Builder, live: set[str], feeding: 
                 tensor = producers[tensor].input[0]
             return tensor, f"the input of {node.op_type} {node.name or node.output[0]!r}, the last global pooling"
     for node in reversed(model.graph.node):
-        maps = [o for o in node.output if o in live and o in feeding and o != sink and len(b.shapes.get(o) or ()) == 4]
+        maps = [o for o in node.output if o in live and o in feeding and _rank(b, o) == 4]
         if maps:
             return maps[0], "the last 4-D feature map before the logits (no global pooling found)"
     raise AugmentError("found no 4-D feature map between the input and the logits; name one with --layer")
@@ -263,10 +313,9 @@ def _default_layer(model: onnx.ModelProto, b: Builder, live: set[str], feeding: 
 def _check_layer(model: onnx.ModelProto, b: Builder, layer: str, live: set[str], feeding: set[str],
                  sink: str) -> None:
     if layer in live and layer in feeding and layer != sink and layer != contract.INPUT:
-        rank = len(b.shapes.get(layer) or ())
-        if rank in (3, 4):
+        if _rank(b, layer) in (3, 4):
             return
-        raise AugmentError(f"layer {layer!r} has shape {list(b.shapes.get(layer) or [])}; onnxcam explains "
+        raise AugmentError(f"layer {layer!r} has shape {list(b.shape(layer))}; onnxcam explains "
                            "[N,C,h,w] / [N,h,w,C] feature maps or [N,tokens,C] token sequences")
     candidates = _feature_maps(b, [o for n in model.graph.node for o in n.output if o in live and o in feeding])
     close = difflib.get_close_matches(layer, candidates, n=3, cutoff=0.4) or candidates[-3:]
@@ -313,7 +362,7 @@ def _as_float32(b: Builder, tensor: str) -> str:
         else b.op("Cast", tensor, to=TensorProto.FLOAT)
 
 
-def _build(model: onnx.ModelProto, b: Builder, image: dict, layer: str, layout: str, sink: str) -> contract.Layer:
+def _build(model: onnx.ModelProto, b: Builder, layer: str, layout: str, sink: str) -> contract.Layer:
     """Append targets, the one-hot seed, the backward pass and the contract's outputs."""
     classes = b.shape(sink)[1]
     shape = b.shape(layer)
