@@ -71,10 +71,10 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
     if layer is None:
         layer, reason = found.default_layer()
     else:
+        layer, reason = found.inside(layer), "chosen"
         found.check_layer(layer)
-        reason = "chosen"
     layout = _layout(proto, builder, layer, sink, reshape)
-    described = _build(proto, builder, layer, layout, sink)
+    described = _build(proto, builder, layer, layout, sink, found.outside(layer))
     image = found.image
     steps = {**contract.default_preprocessing(image["shape"][1:]), **(preprocessing or {})}
     steps["size"] = list(image["shape"][1:])
@@ -83,8 +83,8 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
         labels=labels,
         architecture=architecture, exporter=f"onnxcam {onnxcam_version()} augment", score=found.score,
     )
-    record["augment"] = {"source_input": image["name"], "source_layout": image["layout"], "logits_tensor": sink,
-                         "layer_tensor": layer}
+    record["augment"] = {"source_input": found.outside(image["name"]), "source_layout": image["layout"],
+                         "logits_tensor": found.outside(sink), "layer_tensor": found.outside(layer)}
     _prune(proto.graph)
     try:
         onnx.checker.check_model(proto)
@@ -93,7 +93,7 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
                            "please report this with the model") from None
     if output is not None:
         write_explainer(proto, record, Path(output))
-    return Augmented(proto, record, layer, reason, found.score, found.notes)
+    return Augmented(proto, record, found.outside(layer), reason, found.score, found.notes)
 
 
 def list_layers(model: str | Path | onnx.ModelProto, size: Sequence[int] | None = None,
@@ -102,7 +102,8 @@ def list_layers(model: str | Path | onnx.ModelProto, size: Sequence[int] | None 
     found = _analyse(model, size, logits)
     names = _feature_maps(found.builder, [o for n in found.model.graph.node for o in n.output
                                           if o in found.live and o in found.feeding and o != found.sink])
-    return [(n, tuple(found.builder.shape(n)[1:])) for n in names], found.default_layer()[0]
+    return ([(found.outside(n), tuple(found.builder.shape(n)[1:])) for n in names],
+            found.outside(found.default_layer()[0]))
 
 
 @dataclass
@@ -124,17 +125,26 @@ class _Analysis:
     def check_layer(self, layer: str) -> None:
         _check_layer(self.model, self.builder, layer, self.live, self.feeding, self.sink)
 
+    def inside(self, name: str) -> str:
+        """The name of a source tensor in the prepared graph (reserved names get ``_source``)."""
+        return self.image["renamed"].get(name, name)
+
+    def outside(self, name: str) -> str:
+        """The name of a prepared graph's tensor in the source file."""
+        return {new: old for old, new in self.image["renamed"].items()}.get(name, name)
+
 
 def _analyse(model: str | Path | onnx.ModelProto, size: Sequence[int] | None, logits: str | None) -> _Analysis:
     proto = _upgrade(_load(model))
     graph = proto.graph
-    source_outputs = [o.name for o in graph.output]
     image = _prepare_input(proto, size)
+    inside = lambda name: image["renamed"].get(name, name)  # noqa: E731
+    source_outputs = [o.name for o in graph.output]
     del graph.output[:]
     del graph.value_info[:]
     builder = Builder(proto)
-    sink, score, notes = _find_logits(proto, builder, logits, source_outputs)
-    live = float_tensors_from(graph, contract.INPUT, builder.types)
+    sink, score, notes = _find_logits(proto, builder, logits and inside(logits), source_outputs)
+    live = float_tensors_from(graph, contract.INPUT, builder.types) - {contract.INPUT, image["name"]}
     return _Analysis(proto, builder, image, sink, score, notes, live, ancestors(graph, sink))
 
 
@@ -210,8 +220,10 @@ def _prepare_input(model: onnx.ModelProto, size: Sequence[int] | None) -> dict[s
     if not all(spatial):
         raise AugmentError(f"input {source.name!r} has dynamic height/width {dims}; give the size the model "
                            "expects with --size H W (or size=(H, W))")
+    renamed = {}
     for name in RESERVED & ({o for n in graph.node for o in n.output} | weights | {source.name}):
-        _rename(graph, name, f"{name}_source")
+        renamed[name] = f"{name}_source"
+        _rename(graph, name, renamed[name])
     original = source.name
     graph.input.remove(source)
     feed = contract.INPUT
@@ -229,7 +241,7 @@ def _prepare_input(model: onnx.ModelProto, size: Sequence[int] | None) -> dict[s
     shape = ["batch", channels, *spatial]
     graph.input.insert(0, helper.make_tensor_value_info(contract.INPUT, TensorProto.FLOAT, shape))
     graph.input.append(helper.make_tensor_value_info(contract.TARGET, TensorProto.INT64, ["batch"]))
-    return {"name": original, "layout": layout, "shape": (channels, *spatial)}
+    return {"name": original, "layout": layout, "shape": (channels, *spatial), "renamed": renamed}
 
 
 # -- logits and layer -----------------------------------------------------------------------
@@ -255,6 +267,9 @@ def _find_logits(model: onnx.ModelProto, b: Builder, name: str | None,
     if tensor in producers and producers[tensor].op_type in ("Softmax", "LogSoftmax", "Sigmoid"):
         node = producers[tensor]
         name = node.input[0]
+        while name in producers and producers[name].op_type in PASS_THROUGH \
+                and b.shapes.get(producers[name].input[0]) == b.shapes.get(name):
+            name = producers[name].input[0]  # the scores before a Flatten/Cast that changes nothing
         score = f"logit (the input of the model's final {node.op_type})"
         notes.append(f"the model outputs {node.op_type} {tensor!r}; differentiating its input {name!r}, "
                      "the raw logit of the target class")
@@ -312,7 +327,7 @@ def _default_layer(model: onnx.ModelProto, b: Builder, live: set[str], feeding: 
 
 def _check_layer(model: onnx.ModelProto, b: Builder, layer: str, live: set[str], feeding: set[str],
                  sink: str) -> None:
-    if layer in live and layer in feeding and layer != sink and layer != contract.INPUT:
+    if layer in live and layer in feeding and layer != sink:
         if _rank(b, layer) in (3, 4):
             return
         raise AugmentError(f"layer {layer!r} has shape {list(b.shape(layer))}; onnxcam explains "
@@ -362,7 +377,7 @@ def _as_float32(b: Builder, tensor: str) -> str:
         else b.op("Cast", tensor, to=TensorProto.FLOAT)
 
 
-def _build(model: onnx.ModelProto, b: Builder, layer: str, layout: str, sink: str) -> contract.Layer:
+def _build(model: onnx.ModelProto, b: Builder, layer: str, layout: str, sink: str, name: str) -> contract.Layer:
     """Append targets, the one-hot seed, the backward pass and the contract's outputs."""
     classes = b.shape(sink)[1]
     shape = b.shape(layer)
@@ -391,7 +406,7 @@ def _build(model: onnx.ModelProto, b: Builder, layer: str, layout: str, sink: st
         outputs.append((cam_weight, TensorProto.FLOAT, ["batch", channels]))
     b.flush(model)
     model.graph.output.extend(helper.make_tensor_value_info(*o) for o in outputs)
-    return contract.Layer(name=layer, shape=(channels, height, width), activation=contract.activation_name(0),
+    return contract.Layer(name=name, shape=(channels, height, width), activation=contract.activation_name(0),
                           gradient=contract.gradient_name(0), cam_weight=cam_weight,
                           reshape="none" if layout == "none" else layout)
 
