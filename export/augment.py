@@ -86,11 +86,7 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
     record["augment"] = {"source_input": found.outside(image["name"]), "source_layout": image["layout"],
                          "logits_tensor": found.outside(sink), "layer_tensor": found.outside(layer)}
     _prune(proto.graph)
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as error:  # a bug of onnxcam's, not of the user's file
-        raise AugmentError(f"the augmented graph does not pass onnx.checker ({str(error).splitlines()[0]}); "
-                           "please report this with the model") from None
+    _verify(proto)
     if output is not None:
         write_explainer(proto, record, Path(output))
     return Augmented(proto, record, found.outside(layer), reason, found.score, found.notes)
@@ -429,6 +425,29 @@ def _has_linear_head(model: onnx.ModelProto, b: Builder, layer: str, sink: str) 
         if node.op_type in ("Mul", "Div", "MatMul", "Gemm") and sum(i in live for i in node.input) > 1:
             return False
     return True
+
+
+def _verify(model: onnx.ModelProto) -> None:
+    """onnx.checker, then one run at batch 2: a graph that cannot run is never written."""
+    import onnxruntime
+
+    try:
+        onnx.checker.check_model(model)
+    except Exception as error:  # a bug of onnxcam's, not of the user's file
+        raise AugmentError(f"the augmented graph does not pass onnx.checker ({str(error).splitlines()[0]}); "
+                           "please report this with the model") from None
+    shape = [d.dim_value or 2 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    feeds = {contract.INPUT: np.random.default_rng(0).standard_normal(shape).astype(np.float32),
+             contract.TARGET: np.array([-1, 0], np.int64)}
+    try:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        outputs = session.run(None, feeds)
+    except Exception as error:  # onnxruntime's own exception types
+        raise AugmentError(f"the augmented graph does not run at batch 2 ({str(error).strip().splitlines()[0]}); "
+                           "if the model fixes its batch size, re-export it with a dynamic batch dimension") from None
+    if not all(np.isfinite(o).all() for o in outputs if o.dtype.kind == "f"):
+        raise AugmentError("the augmented graph gives non-finite values on a random batch; "
+                           "check --logits and the layer, or report this with the model")
 
 
 def _prune(graph: onnx.GraphProto) -> None:

@@ -134,9 +134,14 @@ class Builder:
                      if o and o in self.types and not _static(self.shapes.get(o))]
             del model.graph.output[:]
             model.graph.output.extend(helper.make_tensor_value_info(o, self.types[o], None) for o in open_)
-            session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-            runs = [dict(zip(open_, session.run(open_, self._feeds(model, batch)))) for batch in (2, 3)]
-            self._probe = {name: tuple(a if a == b else "batch" for a, b in zip(runs[0][name].shape, runs[1][name].shape))
+            try:
+                session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+                runs = [dict(zip(open_, session.run(open_, self._feeds(model, batch)))) for batch in (2, 3)]
+            except Exception as error:  # onnxruntime's own exception types
+                raise GradientError(f"ONNX shape inference left some shapes open, and a trial run at batch 2 and 3 "
+                                    f"to measure them failed ({str(error).strip().splitlines()[0]}); a model that "
+                                    "fixes its batch size needs re-exporting with a dynamic batch") from None
+            self._probe = {name: tuple(_batch_size(a, b) for a, b in zip(runs[0][name].shape, runs[1][name].shape))
                            for name in open_}
         return self._probe
 
@@ -212,6 +217,13 @@ class Builder:
 
     def where(self, condition: str, grad: str, otherwise: str | None = None) -> str:
         return self.op("Where", condition, grad, otherwise or self.const(0.0))
+
+
+def _batch_size(at_2: int, at_3: int) -> int | str:
+    """A size measured at batch 2 and 3: an int, ``batch``, or ``batch*k`` (batch times heads, say)."""
+    if at_2 == at_3:
+        return at_2
+    return "batch" if at_2 == 2 else f"batch*{at_2 // 2}"
 
 
 def _static(shape: Shape | None) -> bool:

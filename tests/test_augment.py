@@ -221,6 +221,18 @@ def test_dynamic_size_needs_size_and_bad_files_get_one_line(tmp_path):
     assert not (tmp_path / "j.onnx").exists()
 
 
+def test_model_with_a_fixed_batch_is_refused_before_writing(tmp_path):
+    model = small_classifier("Relu")
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    flatten = next(n for n in model.graph.node if n.op_type == "Flatten")
+    flatten.CopyFrom(helper.make_node("Reshape", ["pooled", "one_row"], ["flat"], name="reshape_to_batch_1"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "one_row"))
+    onnx.save(model, tmp_path / "batch1.onnx")
+    result = cli(tmp_path / "batch1.onnx", "-o", tmp_path / "e.onnx")
+    assert_one_line_error(result, "does not run at batch 2", "dynamic batch")
+    assert not (tmp_path / "e.onnx").exists()
+
+
 def test_augment_does_not_import_torch(tmp_path):
     onnx.save(small_classifier("Relu"), tmp_path / "relu.onnx")
     script = (
