@@ -322,6 +322,24 @@ def _slice(b, node, g, needed):
     return [b.op("Pad", g[0], b.ints(pads))]
 
 
+@rule("Pad")
+def _pad(b, node, g, needed):
+    """Constant-mode padding: the gradient is the un-padded middle of ``g``."""
+    if attr(node, "mode", "constant") != "constant":
+        raise unsupported(node, f"only constant-mode Pad is supported, not {attr(node, 'mode')!r}")
+    x = node.input[0]
+    rank = b.rank(x)
+    pads = b.value(node.input[1], node).tolist()
+    axes = b.value(node.input[3], node).tolist() if len(node.input) > 3 and node.input[3] else range(rank)
+    count = len(pads) // 2
+    starts = [pads[i] for i in range(count)]
+    ends = [-pads[count + i] if pads[count + i] else np.iinfo(np.int64).max for i in range(count)]
+    if any(p < 0 for p in pads):
+        raise unsupported(node, "negative pads (cropping)")
+    return [b.op("Slice", g[0], b.ints(starts), b.ints(ends), b.ints([a % rank for a in axes]))] + \
+        [None] * (len(node.input) - 1)
+
+
 @rule("Gather")
 def _gather(b, node, g, needed):
     x, indices = node.input[0], node.input[1]
@@ -373,6 +391,8 @@ def _div(b, node, g, needed):
 def _pow(b, node, g, needed):
     x, p = node.input[:2]
     y = node.output[0]
+    if not needed[1] and b.types.get(p, b.dtype) != b.types.get(x, b.dtype):
+        p = b.op("Cast", p, to=b.types.get(x, b.dtype))  # an integer exponent
     dx = lambda: b.op("Mul", g[0], b.op("Mul", p, b.op("Pow", x, b.op("Sub", p, b.const(1.0)))))  # noqa: E731
     return _binary(b, node, needed, dx, lambda: b.op("Mul", g[0], b.op("Mul", y, b.op("Log", x))))
 
@@ -424,6 +444,25 @@ def _relu(b, node, g, needed):
 def _leaky_relu(b, node, g, needed):
     alpha = attr(node, "alpha", 0.01)
     return [b.where(b.op("Greater", node.input[0], b.const(0.0)), g[0], b.scale(g[0], alpha))]
+
+
+@rule("PRelu")
+def _prelu(b, node, g, needed):
+    _only_first(node, needed, "slope")
+    x, slope = node.input[:2]
+    return [b.where(b.op("Greater", x, b.const(0.0)), g[0], b.op("Mul", g[0], slope)), None]
+
+
+@rule("Elu")
+def _elu(b, node, g, needed):
+    x, y = node.input[0], node.output[0]
+    below = b.op("Mul", g[0], b.op("Add", y, b.const(attr(node, "alpha", 1.0))))  # alpha·e^x = y + alpha
+    return [b.where(b.op("Greater", x, b.const(0.0)), g[0], below)]
+
+
+@rule("Softplus")
+def _softplus(b, node, g, needed):
+    return [b.op("Mul", g[0], b.op("Sigmoid", node.input[0]))]
 
 
 @rule("Clip")
