@@ -5,7 +5,8 @@ reverse-mode derivative as plain ONNX nodes (rules in ``onnx_grad.py``) and give
 graph exactly the explainer contract (docs/explainer-graph.md): inputs ``input``
 (float32 ``[N,C,H,W]``) and ``target``; outputs ``logits``, ``resolved_target``,
 ``activation_0``, ``gradient_0`` and, after a global-average-pool + linear head,
-``cam_weight_0``. Imports onnx and numpy only.
+``cam_weight_0``. Needs onnx, numpy and (for shape probing and a final trial run)
+onnxruntime; never torch.
 """
 
 from __future__ import annotations
@@ -134,12 +135,11 @@ def _analyse(model: str | Path | onnx.ModelProto, size: Sequence[int] | None, lo
     proto = _upgrade(_load(model))
     graph = proto.graph
     image = _prepare_input(proto, size)
-    inside = lambda name: image["renamed"].get(name, name)  # noqa: E731
     source_outputs = [o.name for o in graph.output]
     del graph.output[:]
     del graph.value_info[:]
     builder = Builder(proto)
-    sink, score, notes = _find_logits(proto, builder, logits and inside(logits), source_outputs)
+    sink, score, notes = _find_logits(proto, builder, logits and image["renamed"].get(logits, logits), source_outputs)
     live = float_tensors_from(graph, contract.INPUT, builder.types) - {contract.INPUT, image["name"]}
     return _Analysis(proto, builder, image, sink, score, notes, live, ancestors(graph, sink))
 
@@ -156,7 +156,7 @@ def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))
     except Exception as error:  # protobuf raises assorted types for a file that is not ONNX
-        raise AugmentError(f"{path}: not an ONNX model ({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})") from None
+        raise AugmentError(f"{path}: not an ONNX model ({_first_line(error)})") from None
 
 
 def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -169,9 +169,14 @@ def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
             model = onnx.version_converter.convert_version(model, OPSET)
         except Exception as error:
             raise AugmentError(f"cannot convert the model from opset {version} to {OPSET} "
-                               f"({str(error).strip().splitlines()[0]}); re-export it at opset {OPSET}") from None
+                               f"({_first_line(error)}); re-export it at opset {OPSET}") from None
     model.ir_version = min(max(model.ir_version, 8), MAX_IR_VERSION)
     return model
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 # -- the image input ------------------------------------------------------------------------
@@ -369,8 +374,8 @@ def _as_map(b: Builder, tensor: str, layout: str, shape: Sequence) -> tuple[str,
 
 
 def _as_float32(b: Builder, tensor: str) -> str:
-    return tensor if b.types.get(tensor, b.dtype) == TensorProto.FLOAT and b.dtype == TensorProto.FLOAT \
-        else b.op("Cast", tensor, to=TensorProto.FLOAT)
+    """The contract's outputs are float32 whatever the model computes in."""
+    return tensor if b.types.get(tensor, b.dtype) == TensorProto.FLOAT else b.op("Cast", tensor, to=TensorProto.FLOAT)
 
 
 def _build(model: onnx.ModelProto, b: Builder, layer: str, layout: str, sink: str, name: str) -> contract.Layer:
@@ -403,8 +408,7 @@ def _build(model: onnx.ModelProto, b: Builder, layer: str, layout: str, sink: st
     b.flush(model)
     model.graph.output.extend(helper.make_tensor_value_info(*o) for o in outputs)
     return contract.Layer(name=name, shape=(channels, height, width), activation=contract.activation_name(0),
-                          gradient=contract.gradient_name(0), cam_weight=cam_weight,
-                          reshape="none" if layout == "none" else layout)
+                          gradient=contract.gradient_name(0), cam_weight=cam_weight, reshape=layout)
 
 
 def _has_linear_head(model: onnx.ModelProto, b: Builder, layer: str, sink: str) -> bool:
@@ -434,7 +438,7 @@ def _verify(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model)
     except Exception as error:  # a bug of onnxcam's, not of the user's file
-        raise AugmentError(f"the augmented graph does not pass onnx.checker ({str(error).splitlines()[0]}); "
+        raise AugmentError(f"the augmented graph does not pass onnx.checker ({_first_line(error)}); "
                            "please report this with the model") from None
     shape = [d.dim_value or 2 for d in model.graph.input[0].type.tensor_type.shape.dim]
     feeds = {contract.INPUT: np.random.default_rng(0).standard_normal(shape).astype(np.float32),
@@ -443,7 +447,7 @@ def _verify(model: onnx.ModelProto) -> None:
         session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         outputs = session.run(None, feeds)
     except Exception as error:  # onnxruntime's own exception types
-        raise AugmentError(f"the augmented graph does not run at batch 2 ({str(error).strip().splitlines()[0]}); "
+        raise AugmentError(f"the augmented graph does not run at batch 2 ({_first_line(error)}); "
                            "if the model fixes its batch size, re-export it with a dynamic batch dimension") from None
     if not all(np.isfinite(o).all() for o in outputs if o.dtype.kind == "f"):
         raise AugmentError("the augmented graph gives non-finite values on a random batch; "
