@@ -61,15 +61,14 @@ class Builder:
             if tensor_type.HasField("shape"):
                 self.shapes[value.name] = tuple(
                     d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
-        self.constants: dict[str, np.ndarray] = {}
-        for init in model.graph.initializer:
-            self.constants[init.name] = numpy_helper.to_array(init)
+        # constant tensors, read into numpy only when a rule needs their values (axes, pads…)
+        self._constants: dict[str, onnx.TensorProto] = {i.name: i for i in model.graph.initializer}
         for node in model.graph.node:
-            if node.op_type == "Constant" and attr(node, "value") is not None:
-                self.constants[node.output[0]] = numpy_helper.to_array(attr(node, "value"))
-        for name, array in self.constants.items():
-            self.shapes[name] = tuple(array.shape)
-            self.types[name] = helper.np_dtype_to_tensor_dtype(array.dtype)
+            if node.op_type == "Constant":
+                self._constants[node.output[0]] = _constant_tensor(node)
+        for name, tensor in self._constants.items():
+            self.shapes[name] = tuple(tensor.dims)
+            self.types[name] = tensor.data_type
         self.dtype = dtype
         self._model, self._forward_nodes, self._probe = model, len(model.graph.node), None
         self.nodes: list[onnx.NodeProto] = []
@@ -170,9 +169,9 @@ class Builder:
         return dims
 
     def value(self, name: str, node: onnx.NodeProto) -> np.ndarray:
-        if name not in self.constants:
+        if name not in self._constants:
             raise unsupported(node, f"input {name!r} must be a constant")
-        return self.constants[name]
+        return numpy_helper.to_array(self._constants[name])
 
     def shape_of(self, name: str) -> str:
         return self.op("Shape", name)
@@ -217,6 +216,19 @@ class Builder:
 
     def where(self, condition: str, grad: str, otherwise: str | None = None) -> str:
         return self.op("Where", condition, grad, otherwise or self.const(0.0))
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto:
+    """The value of a ``Constant`` node as a TensorProto, whichever attribute holds it."""
+    tensor = attr(node, "value")
+    if tensor is not None:
+        return tensor
+    for name, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                        ("value_int", np.int64), ("value_ints", np.int64)):
+        value = attr(node, name)
+        if value is not None:
+            return numpy_helper.from_array(np.asarray(value, dtype=dtype))
+    return numpy_helper.from_array(np.zeros(0, np.float32))  # sparse or string constants: never a float input
 
 
 def _batch_size(at_2: int, at_3: int) -> int | str:
