@@ -221,6 +221,24 @@ def test_dynamic_size_needs_size_and_bad_files_get_one_line(tmp_path):
     assert not (tmp_path / "j.onnx").exists()
 
 
+def test_models_that_are_not_image_classifiers_are_refused(tmp_path):
+    no_head = small_classifier("Relu")
+    del no_head.graph.node[3:]  # ends at GlobalAveragePool: [N, 6, 1, 1] scores
+    no_head.graph.output[0].CopyFrom(helper.make_tensor_value_info("pooled", TensorProto.FLOAT, None))
+    onnx.save(no_head, tmp_path / "no_head.onnx")
+    assert_one_line_error(cli(tmp_path / "no_head.onnx", "-o", tmp_path / "e.onnx"),
+                          "logits 'pooled' have shape", "[N, classes]")
+    flat_input = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["features"], ["scores"])], "tabular",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 10])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 10])]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(flat_input, tmp_path / "tabular.onnx")
+    assert_one_line_error(cli(tmp_path / "tabular.onnx", "-o", tmp_path / "e.onnx"),
+                          "one image input", "features [None, 10]")
+    assert not (tmp_path / "e.onnx").exists()
+
+
 def test_model_with_a_fixed_batch_is_refused_before_writing(tmp_path):
     model = small_classifier("Relu")
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
