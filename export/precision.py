@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from onnxcam.export.explainer import write_explainer
+from onnxcam.export.onnx_io import write_explainer
 from onnxcam.runtime import contract
 
 
