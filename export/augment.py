@@ -12,6 +12,7 @@ onnxruntime; never torch.
 from __future__ import annotations
 
 import difflib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +25,7 @@ from onnxcam.export import onnx_grad
 from onnxcam.export.onnx_grad import Builder, GradientError, ancestors, float_tensors_from, path_nodes
 from onnxcam.export.onnx_io import onnxcam_version, write_explainer
 from onnxcam.export.tokens import token_grid
-from onnxcam.runtime import contract
+from onnxcam.runtime import contract, subgraph
 
 OPSET = 18
 MAX_IR_VERSION = 10  # what onnxruntime >= 1.18 reads
@@ -76,6 +77,7 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
         found.check_layer(layer)
     layout = _layout(proto, builder, layer, sink, reshape)
     described = _build(proto, builder, layer, layout, sink, found.outside(layer))
+    described = dataclasses.replace(described, tail=_tail(proto, builder, layer, layout))
     image = found.image
     steps = {**contract.default_preprocessing(image["shape"][1:]), **(preprocessing or {})}
     steps["size"] = list(image["shape"][1:])
@@ -409,6 +411,19 @@ def _build(model: onnx.ModelProto, b: Builder, layer: str, layout: str, sink: st
     model.graph.output.extend(helper.make_tensor_value_info(*o) for o in outputs)
     return contract.Layer(name=name, shape=(channels, height, width), activation=contract.activation_name(0),
                           gradient=contract.gradient_name(0), cam_weight=cam_weight, reshape=layout)
+
+
+def _tail(model: onnx.ModelProto, b: Builder, layer: str, layout: str) -> dict[str, Any] | None:
+    """The metadata of the model from ``layer`` on, for Ablation-CAM (``contract.Layer.tail``), or None
+    where the logits do not follow from the layer alone or the layer is not float32."""
+    shape = [int(d) for d in b.shape(layer)[1:]]
+    if b.types.get(layer, TensorProto.FLOAT) != TensorProto.FLOAT:
+        return None
+    try:
+        subgraph.tail_model(model, layer, shape)
+    except contract.ContractError:
+        return None
+    return {"input": layer, "shape": shape, "channel_axis": 1 if layout == "none" else len(shape)}
 
 
 def _has_linear_head(model: onnx.ModelProto, b: Builder, layer: str, sink: str) -> bool:

@@ -341,8 +341,16 @@ class Explainer:
         self._check_method_fits(spec, chosen)
         batch = self.check_batch(batch)
         target_ids = self.check_targets(targets, batch.shape[0])
-        if target_ids.ndim == 2 and not self.takes_target_lists:  # an older graph: one call per column
-            columns = [self.explain(batch, method, target_ids[:, k], layers, eigen_smooth) for k in range(target_ids.shape[1])]
+        if not self.takes_target_lists and (target_ids.ndim == 2 or (target_ids < -1).any()):
+            # a graph with one target an image (older exports, `onnxcam augment`): ranks resolved here,
+            # one call per target column
+            ranked = np.argsort(-self.logits(batch), axis=1, kind="stable")
+            rank = np.maximum(-target_ids - 1, 0).reshape(len(batch), -1)
+            explicit = np.where(target_ids < 0, np.take_along_axis(ranked, rank, axis=1).reshape(target_ids.shape),
+                                target_ids)
+            if explicit.ndim == 1:
+                return self.explain(batch, method, explicit, layers, eigen_smooth)
+            columns = [self.explain(batch, method, explicit[:, k], layers, eigen_smooth) for k in range(explicit.shape[1])]
             return _stack_columns(columns)
         if self.postprocess == "graph" and graph_methods.supports(spec.name) and not eigen_smooth:
             result = self._explain_in_graph(batch, target_ids, spec.name, chosen)

@@ -154,6 +154,25 @@ def test_gradcam_on_augmented_graph_matches_pytorch_grad_cam(tmp_path):
     assert_parity(result.maps, model, "resnet18", ["layer3"], "gradcam", batch, result.targets)
 
 
+def test_ablation_cam_and_top_k_on_an_augmented_graph(resnet18_layer4, tmp_path):
+    """The augmented graph records the model's tail (Ablation-CAM runs only it), and top-k on a graph
+    with one target an image resolves ranks from the logits, one call per rank."""
+    from pytorch_grad_cam import AblationCAM
+
+    model, path = resnet18_layer4
+    augment(path, tmp_path / "explainer.onnx", logits="logits")
+    explainer = Explainer(tmp_path / "explainer.onnx", providers="cpu")
+    assert explainer.contract.layers[0].tail is not None and not explainer.takes_target_lists
+    batch = np.random.default_rng(6).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    result = explainer.explain(batch, method="ablationcam", targets=[-1, 4])
+    assert_parity(result.maps, model, "resnet18", ["layer4"], "ablationcam", batch, result.targets, oracle=AblationCAM)
+    top = explainer.explain(batch, method="gradcam++", top_k=3)
+    np.testing.assert_array_equal(top.targets, np.argsort(-top.logits, axis=1)[:, :3])
+    second = explainer.explain(batch, method="gradcam++", targets=top.targets[:, 1])
+    np.testing.assert_allclose(top.maps[:, 1], second.maps, atol=1e-6)
+    assert np.abs(top.maps[:, 0] - top.maps[:, 1]).max() > 1e-2
+
+
 # -- refusals -----------------------------------------------------------------------------------
 def small_classifier(middle: str = "Cos", height=8) -> onnx.ModelProto:
     """input [N,3,H,W] → Conv → ``middle`` → GlobalAveragePool → Flatten → Gemm → logits [N,4]."""
