@@ -31,6 +31,15 @@ def output_names(layer_count: int) -> list[str]:
     return [LOGITS, RESOLVED_TARGET, MAP] + [raw_map_name(i) for i in range(layer_count)]
 
 
+def output_shapes(contract: Contract, layers: Sequence[Layer], targets_shape: tuple[int, ...]) -> list[list[int]]:
+    """The shapes of ``output_names`` for a target array of ``targets_shape`` (``[N]`` or ``[N, K]``):
+    one row per (image, target)."""
+    rows = int(np.prod(targets_shape))
+    size = [int(contract.input_shape[1]), int(contract.input_shape[2])]
+    return [[rows, contract.classes], list(targets_shape), [rows, *size]] + \
+        [[rows, int(layer.shape[1]), int(layer.shape[2])] for layer in layers]
+
+
 class _Builder:
     """Appends nodes with unique names under a prefix."""
 
@@ -136,8 +145,8 @@ def append_method(model: onnx.ModelProto, contract: Contract, method: str, layer
 
     del graph.output[:]
     graph.output.extend([outputs[LOGITS], outputs[RESOLVED_TARGET]])
-    graph.output.append(helper.make_tensor_value_info(MAP, TensorProto.FLOAT, ["batch", size[0], size[1]]))
+    graph.output.append(helper.make_tensor_value_info(MAP, TensorProto.FLOAT, ["rows", size[0], size[1]]))
     for index, layer in enumerate(layers):
         graph.output.append(helper.make_tensor_value_info(raw_map_name(index), TensorProto.FLOAT,
-                                                          ["batch", layer.shape[1], layer.shape[2]]))
+                                                          ["rows", layer.shape[1], layer.shape[2]]))
     return extended

@@ -230,7 +230,9 @@ class Explainer:
         key = (*_cache_key(method, layers), targets_shape)
         if key not in self._static:
             self._static[key] = StaticRunner(self.extended_model(method, layers), targets_shape,
-                                             graph_methods.output_names(len(layers)), cuda=self._cuda)
+                                             graph_methods.output_names(len(layers)),
+                                             graph_methods.output_shapes(self.contract, layers, targets_shape),
+                                             cuda=self._cuda)
         return self._static[key]
 
     def tail_forward(self, layer: Layer):

@@ -43,7 +43,8 @@ def fix_inputs(model: onnx.ModelProto, targets_shape: tuple[int, ...]) -> onnx.M
 class StaticRunner:
     """One batch size of one graph: bound device buffers, optionally replayed as a CUDA graph."""
 
-    def __init__(self, model: onnx.ModelProto, targets_shape: tuple[int, ...], output_names: Sequence[str], cuda: bool):
+    def __init__(self, model: onnx.ModelProto, targets_shape: tuple[int, ...], output_names: Sequence[str],
+                 output_shapes: Sequence[Sequence[int]], cuda: bool):
         fixed = fix_inputs(model, tuple(targets_shape))
         batch = targets_shape[0]
         options = ort.SessionOptions()
@@ -57,11 +58,11 @@ class StaticRunner:
         image_shape = [batch, *self.session.get_inputs()[0].shape[1:]]
         self._input = ort.OrtValue.ortvalue_from_shape_and_type(image_shape, np.float32, device, 0)
         self._target = ort.OrtValue.ortvalue_from_shape_and_type(list(targets_shape), np.int64, device, 0)
-        # output shapes follow from the input shapes: learn them from one plain run
-        probe = self.session.run(self.output_names, {INPUT: np.zeros(image_shape, np.float32),
-                                                     TARGET: np.full(targets_shape, -1, np.int64)})
-        self._outputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(list(value.shape), value.dtype, device, 0)
-                         for name, value in zip(self.output_names, probe)}
+        # bound buffers need fixed sizes; the caller knows them (a plain run first would break CUDA-graph capture)
+        types = {o.name: o.type for o in self.session.get_outputs()}
+        self._outputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(
+                             list(shape), np.int64 if types[name] == "tensor(int64)" else np.float32, device, 0)
+                         for name, shape in zip(self.output_names, output_shapes)}
         self._binding = self.session.io_binding()
         self._binding.bind_ortvalue_input(INPUT, self._input)
         self._binding.bind_ortvalue_input(TARGET, self._target)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,16 @@ def test_cli_top_k_writes_one_captioned_overlay_per_class(tmp_path):
     refused = run("explain", model, skimage_photo("coffee.png"), "--top-k", "9", "--out", tmp_path / "bad")
     assert refused.exit_code == 1 and "top_k must be between 1 and 5" in refused.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_fixed_shape_runners_take_target_lists(zoo):
+    """The CUDA-graph runner's mechanism (bound buffers sized from the contract), on the CPU."""
+    _, path, _ = zoo("resnet18")
+    batch = random_batch("resnet18", count=2, seed=8)
+    dynamic = Explainer(path, providers="cpu").explain(batch, method="gradcam++", top_k=2)
+    static = Explainer(path, providers="cpu", static_batches=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to the dynamic session would warn
+        fixed = static.explain(batch, method="gradcam++", top_k=2)
+    np.testing.assert_allclose(fixed.maps, dynamic.maps, atol=1e-6)
+    np.testing.assert_array_equal(fixed.targets, dynamic.targets)
