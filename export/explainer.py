@@ -119,8 +119,13 @@ class ExplainerModule(nn.Module):
         self._captured: list[torch.Tensor | None] = [None] * len(self.layer_names)
         self._handed_on: list[torch.Tensor | None] = [None] * len(self.layer_names)
         self._repeats = None
-        for index, name in enumerate(self.layer_names):
-            find_layer(model, name).register_forward_hook(self._hook(index))
+        self._hooks = [find_layer(model, name).register_forward_hook(self._hook(index))
+                       for index, name in enumerate(self.layer_names)]
+
+    def remove_hooks(self) -> None:
+        """Take this wrapper's hooks off the model (hooks the model had stay)."""
+        for handle in self._hooks:
+            handle.remove()
 
     def _hook(self, index: int):
         def keep(module, inputs, output):
@@ -345,8 +350,7 @@ def _rows_can_repeat_at_layer(model, layers, reshapes, cam_heads, example) -> bo
     except RuntimeError:
         return False
     finally:
-        for module in model.modules():
-            module._forward_hooks.clear()
+        wrapper.remove_hooks()
 
 
 def _tail_record(tail: str | None, raw_output: torch.Tensor, reshape: str) -> dict | None:

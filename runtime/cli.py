@@ -235,6 +235,8 @@ def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
     from onnxcam.runtime.session import Explainer
 
     methods_ = tuple(dict.fromkeys(get_method(name).name for name in methods_))  # canonical, once each
+    # guided backprop and guided Grad-CAM are shown as the attribution itself; saliency as a heatmap
+    attribution_images = {name: get_method(name).input_gradient == "guided" for name in methods_}
     if top_k is not None and target is not None:
         raise click.UsageError("give --target or --top-k, not both")
     paths = _image_paths(images)
@@ -253,31 +255,32 @@ def explain(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
                                             eigen_smooth=eigen_smooth, aug_smooth=aug_smooth) for m in methods_}
             first = next(iter(results.values()))
             top = first.logits.argmax(axis=1)
+            probabilities = first.probabilities  # once a batch, not once an image
+            scores = {m: r.scores for m, r in results.items()}
             out_dir.mkdir(parents=True, exist_ok=True)  # only once a batch has been explained
             for i, path in enumerate(chunk):
                 stem = stems[start + i]
-                top_prob = first.probabilities[i, top[i]]
-                line = f"{path}: top {top[i]} {contract.label(int(top[i]))!r} p={top_prob:.3f}"
+                line = f"{path}: top {top[i]} {contract.label(int(top[i]))!r} p={probabilities[i, top[i]]:.3f}"
                 if top_k is None and int(first.targets[i]) != int(top[i]):
                     line += (f"; explained {first.targets[i]} {contract.label(int(first.targets[i]))!r} "
-                             f"p={first.scores[i]:.3f}")
+                             f"p={scores[first.method][i]:.3f}")
                 for method_name, result in results.items():
                     for rank in range(top_k or 1):
                         pick = (i, rank) if top_k else (i,)
                         file_name = f"{stem}.{_safe(method_name)}" + (f".top{rank + 1}" if top_k else "")
-                        if result.attributions is not None and method_name != "saliency":
+                        if attribution_images[method_name]:
                             picture = attribution_image(result.attributions[pick], contract.preprocessing.get("channel_order", "RGB"))
                         else:
                             picture = overlay(views[i], result.maps[pick], colormap, alpha)
                         if top_k:
                             class_id = int(result.targets[pick])
-                            picture = caption(picture, f"{contract.label(class_id)} p={result.scores[pick]:.3f}")
+                            picture = caption(picture, f"{contract.label(class_id)} p={scores[method_name][pick]:.3f}")
                         _write_png(out_dir / f"{file_name}.png", picture, save_image)
                         if save_maps:
                             _write_npy(out_dir / f"{file_name}.npy", result.maps[pick])
                 if top_k:
                     line += "; explained " + ", ".join(
-                        f"{contract.label(int(c))!r} p={p:.3f}" for c, p in zip(first.targets[i], first.scores[i]))
+                        f"{contract.label(int(c))!r} p={p:.3f}" for c, p in zip(first.targets[i], scores[first.method][i]))
                 click.echo(line)
             bar.update(len(chunk))
     click.echo(f"wrote {len(paths) * len(methods_) * (top_k or 1)} image(s) to {out_dir}/", err=True)

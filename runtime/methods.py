@@ -214,6 +214,12 @@ def guided_gradcam(cam_maps: np.ndarray, guided_gradient: np.ndarray) -> np.ndar
     return (cam_maps[:, None] * guided_gradient).astype(np.float32, copy=False)
 
 
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (class logits, Score-CAM's channel scores): ``[..., K]`` → same shape."""
+    exponentials = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return exponentials / exponentials.sum(axis=-1, keepdims=True)
+
+
 def weighted_sum(weights: np.ndarray, activation: np.ndarray) -> np.ndarray:
     """``Σ_c w_c · A_c``: ``[N, C]`` × ``[N, C, h, w]`` → ``[N, h, w]``."""
     return np.einsum("nc,nchw->nhw", weights, activation, optimize=True).astype(np.float32, copy=False)

@@ -24,6 +24,8 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from onnxcam.runtime.methods import softmax
+
 METRICS = ("avg-drop", "increase", "deletion", "insertion", "road-morf", "road-lerf", "road")
 ROAD_METRICS = frozenset({"road-morf", "road-lerf", "road"})  # the ones that need scipy
 # which way is better, for tables: +1 higher is better, -1 lower is better
@@ -41,12 +43,6 @@ Forward = Callable[[np.ndarray], np.ndarray]  # float32 [N, C, H, W] → logits 
 
 
 # --- scores -----------------------------------------------------------------------------------
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis: ``[..., classes]`` → same shape."""
-    exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return exponentials / exponentials.sum(axis=-1, keepdims=True)
-
 
 def class_scores(forward: Forward, images: np.ndarray, classes: np.ndarray | int) -> np.ndarray:
     """Softmax probability of ``classes`` (one per image, or one for all) for ``images``

@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from onnxcam.runtime.methods import softmax
+
 Forward = Callable[[np.ndarray], np.ndarray]
 EPSILON_SCORECAM = 1e-8  # pytorch-grad-cam's ScoreCAM mask normalisation
 ABLATION_OFFSET = np.float32(1e7)  # pytorch-grad-cam's AblationLayer, for layers whose minimum is not 0
@@ -53,8 +55,7 @@ def score_cam_weights(image: np.ndarray, activation: np.ndarray, target: int, fo
         masks = (upsampled - low) / (high - low + EPSILON_SCORECAM)
         masked = np.ascontiguousarray(image[None] * masks[:, None], dtype=np.float32)
         scores[start:start + chunk] = forward(masked)[:, target]
-    exponentials = np.exp(scores - scores.max())
-    return exponentials / exponentials.sum()
+    return softmax(scores)
 
 
 def ablation_values(layer_output: np.ndarray, count: int, chunk: int) -> np.ndarray:

@@ -125,8 +125,7 @@ class Explanation:
     @property
     def probabilities(self) -> np.ndarray:
         """Softmax of the logits, ``[N, classes]``."""
-        exponentials = np.exp(self.logits - self.logits.max(axis=1, keepdims=True))
-        return exponentials / exponentials.sum(axis=1, keepdims=True)
+        return methods.softmax(self.logits)
 
     @property
     def scores(self) -> np.ndarray:
@@ -235,13 +234,17 @@ class Explainer:
                                              cuda=self._cuda)
         return self._static[key]
 
-    def tail_forward(self, layer: Layer):
-        """``f(layer_output [B, …]) → logits [B, classes]``: the model from ``layer`` on (Ablation-CAM)."""
+    def _require_tail(self, layer: Layer) -> None:
+        """A ``ContractError`` if the graph does not record the model after ``layer``."""
         if not layer.tail:
             raise ContractError(
                 f"{self.path}: layer {layer.name!r} has no model tail in this graph (a connection bypasses the layer, "
                 "the graph is float16, or an older onnxcam exported it); Ablation-CAM needs it: re-export in float32 "
                 "with `onnxcam export`, or explain a layer whose output alone feeds the rest of the model")
+
+    def tail_forward(self, layer: Layer):
+        """``f(layer_output [B, …]) → logits [B, classes]``: the model from ``layer`` on (Ablation-CAM)."""
+        self._require_tail(layer)
         name = layer.tail["input"]
         if name not in self._tail_sessions:
             tail = subgraph.tail_model(self.model, name, layer.tail["shape"])
@@ -293,12 +296,15 @@ class Explainer:
         """One call of the explainer graph as exported; returns the named outputs (inner tensors
         too, through a copy of the graph that outputs them). ``targets``: ``[N]``, or ``[N, K]``
         where the graph takes target lists; outputs then have one row per (image, target)."""
-        if self.takes_target_lists:
-            targets = targets.reshape(len(targets), -1)
+        targets = self._graph_targets(targets)
         inner = tuple(name for name in output_names if name not in self._output_names)
         session = self.session if not inner else self._session_with_outputs(inner)
         values = session.run(list(output_names), {INPUT: batch, TARGET: targets})
         return dict(zip(output_names, values))
+
+    def _graph_targets(self, target_ids: np.ndarray) -> np.ndarray:
+        """What the graph's ``target`` input takes: ``[N, K]`` where it takes target lists, else ``[N]``."""
+        return target_ids.reshape(len(target_ids), -1) if self.takes_target_lists else target_ids
 
     def _session_with_outputs(self, inner: tuple[str, ...]) -> ort.InferenceSession:
         if inner not in self._output_sessions:
@@ -372,8 +378,7 @@ class Explainer:
                 )
         if spec.passes == "ablation":
             for layer in chosen:
-                if not layer.tail:
-                    self.tail_forward(layer)  # raises the explanation
+                self._require_tail(layer)
         if spec.input_gradient and spec.input_gradient not in self.contract.input_gradients:
             raise ContractError(
                 f"method {spec.name!r} needs the {spec.input_gradient} gradient w.r.t. the input, which this graph "
@@ -396,7 +401,7 @@ class Explainer:
 
     def _explain_in_graph(self, batch, target_ids, method: str, chosen: list[Layer]) -> Explanation:
         values = None
-        graph_targets = target_ids.reshape(len(target_ids), -1) if self.takes_target_lists else target_ids
+        graph_targets = self._graph_targets(target_ids)
         if self.static_batches:
             try:
                 values = self.static_runner(method, chosen, graph_targets.shape)(batch, graph_targets)
@@ -451,9 +456,8 @@ class Explainer:
         """Score-CAM / Ablation-CAM channel weights ``[R, C]``, one row per (image, target)."""
         per_image = len(rows) // len(batch)
         if spec.passes == "score":
-            images = np.repeat(batch, per_image, axis=0)
             activation = outputs[layer.activation]
-            return np.stack([perturbation.score_cam_weights(images[r], activation[r], int(rows[r]), self.logits)
+            return np.stack([perturbation.score_cam_weights(batch[r // per_image], activation[r], int(rows[r]), self.logits)
                              for r in range(len(rows))])
         tail, layer_output, logits = self.tail_forward(layer), outputs[layer.tail["input"]], outputs[LOGITS]
         return np.stack([perturbation.ablation_cam_weights(layer_output[r], int(rows[r]), logits[r, rows[r]], tail,
@@ -475,6 +479,7 @@ def _stack_columns(columns: list[Explanation]) -> Explanation:
                        targets=stack([c.targets for c in columns]), method=first.method,
                        layer_maps={name: stack([c.layer_maps[name] for c in columns]) for name in first.layer_maps},
                        attributions=stack([c.attributions for c in columns]))
+
 
 def _cache_key(method: str, layers: Sequence[Layer]) -> tuple[str, tuple[str, ...]]:
     """What the sessions and extended graphs built for a method over some layers are cached by."""

@@ -43,7 +43,7 @@ def needed_nodes(graph: onnx.GraphProto, outputs: Sequence[str], stop_at: Sequen
     stop = set(stop_at)
     keep: set[int] = set()
     reads: set[str] = set()
-    pending = [name for name in outputs]
+    pending = list(outputs)
     seen: set[str] = set()
     index_of = {id(node): i for i, node in enumerate(graph.node)}
     while pending:
@@ -90,11 +90,15 @@ def slice_model(model: onnx.ModelProto, outputs: Sequence[str], inputs: Sequence
     return result
 
 
+def _input_shape(graph: onnx.GraphProto) -> list[int]:
+    """``[C, H, W]`` of the graph's image input."""
+    return [d.dim_value for d in next(i for i in graph.input if i.name == INPUT).type.tensor_type.shape.dim[1:]]
+
+
 def forward_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """The explainer graph's plain forward pass: ``input [N,C,H,W] → logits [N, classes]``
     (one target an image, where the graph takes target lists)."""
-    shape = [d.dim_value for d in next(i for i in model.graph.input if i.name == INPUT).type.tensor_type.shape.dim[1:]]
-    return tail_model(model, INPUT, shape)
+    return tail_model(model, INPUT, _input_shape(model.graph))
 
 
 def tail_model(model: onnx.ModelProto, tail: str, shape: Sequence[int]) -> onnx.ModelProto:
@@ -107,7 +111,7 @@ def tail_model(model: onnx.ModelProto, tail: str, shape: Sequence[int]) -> onnx.
     """
     graph = model.graph
     nodes, reads = needed_nodes(graph, [LOGITS], stop_at=[tail, INPUT, TARGET])
-    input_shape = next([d.dim_value for d in i.type.tensor_type.shape.dim[1:]] for i in graph.input if i.name == INPUT)
+    input_shape = _input_shape(graph)
     extra: list[onnx.NodeProto] = []
     initializers: list[onnx.TensorProto] = []
     rewritten: list[onnx.NodeProto] = []
