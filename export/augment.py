@@ -1,12 +1,13 @@
-"""An existing ONNX classifier → explainer graph, at the ONNX level: no PyTorch, no source.
+"""An existing ONNX model → explainer graph, at the ONNX level: no PyTorch, no source.
 
-``augment`` finds the nodes between a chosen layer and the logits, appends their
-reverse-mode derivative as plain ONNX nodes (rules in ``onnx_grad.py``) and gives the
-graph exactly the explainer contract (docs/explainer-graph.md): inputs ``input``
-(float32 ``[N,C,H,W]``) and ``target``; outputs ``logits``, ``resolved_target``,
-``activation_0``, ``gradient_0`` and, after a global-average-pool + linear head,
-``cam_weight_0``. Needs onnx, numpy and (for shape probing and a final trial run)
-onnxruntime; never torch.
+``augment`` finds the nodes between a chosen layer and the output to explain (class
+scores, one logit, an embedding, a segmentation or probability map), appends their
+reverse-mode derivative driven by the ``seed`` input as plain ONNX nodes (rules in
+``onnx_grad.py``) and gives the graph exactly the explainer contract
+(docs/explainer-graph.md): inputs ``input`` (float32 ``[N,C,H,W]``) and ``seed``
+(``[N, K, *output]``); outputs ``output``, ``activation_0``, ``gradient_0`` and, after a
+global-average-pool + linear head, ``cam_weight_0``. Needs onnx, numpy and (for shape
+probing and a final trial run) onnxruntime; never torch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from onnxcam.export import onnx_grad
 from onnxcam.export.onnx_grad import Builder, GradientError, ancestors, float_tensors_from, path_nodes
 from onnxcam.export.onnx_io import onnxcam_version, write_explainer
 from onnxcam.export.tokens import token_grid
-from onnxcam.runtime import contract, subgraph
+from onnxcam.runtime import contract, graphkit, subgraph
 
 OPSET = 18
 MAX_IR_VERSION = 10  # what onnxruntime >= 1.18 reads
@@ -33,8 +34,9 @@ PASS_THROUGH = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Dropout"}
 # after the pooling of a GAP + linear head: ops that keep the score linear in the pooled vector
 LINEAR_HEAD = {"Identity", "Cast", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Gemm", "MatMul",
                "Add", "Sub", "Mul", "Div"}
-RESERVED = {contract.INPUT, contract.TARGET, contract.LOGITS, contract.RESOLVED_TARGET,
-            contract.activation_name(0), contract.gradient_name(0), contract.cam_weight_name(0)}
+RESERVED = {contract.INPUT, contract.SEED, contract.OUTPUT, contract.TARGET, contract.LOGITS,
+            contract.RESOLVED_TARGET, contract.activation_name(0), contract.gradient_name(0),
+            contract.cam_weight_name(0)}
 
 
 class AugmentError(ValueError):
@@ -57,11 +59,12 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
             logits: str | None = None, *, preprocessing: dict[str, Any] | None = None,
             labels: Sequence[str] | None = None, size: Sequence[int] | None = None,
             reshape: str = "auto", architecture: str | None = None) -> Augmented:
-    """Turn an inference ONNX classifier into an explainer graph (written to ``output`` if given).
+    """Turn an inference ONNX model into an explainer graph (written to ``output`` if given).
 
     layer: tensor name to explain (``[N,C,h,w]``, ``[N,h,w,C]`` or tokens ``[N,T,C]``); default:
-    the input of the last global pooling before the logits. logits: the ``[N, classes]`` tensor;
-    default: the model's output, or the input of its final Softmax. size: ``(H, W)`` where the
+    the input of the last global pooling before the output, else the last feature map.
+    logits: the tensor to explain (any ``[N, …]`` float tensor); default: the model's first
+    output, or, for ``[N, classes]`` scores, the input of its final Softmax. size: ``(H, W)`` where the
     model's input has dynamic height/width. reshape: ``auto``/``none``/``nhwc``/``tokens``.
     preprocessing: keys of the metadata record's ``preprocessing`` (size, resize, mean, std,
     channel_order, scale); missing ones default to ImageNet's, RGB, /255, no resize, the model's size.
@@ -82,13 +85,14 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
     steps = {**contract.default_preprocessing(image["shape"][1:]), **(preprocessing or {})}
     steps["size"] = list(image["shape"][1:])
     record = contract.metadata_record(
-        input_shape=image["shape"], classes=builder.shape(sink)[1], layers=[described], preprocessing=steps,
-        labels=labels,
-        architecture=architecture, exporter=f"onnxcam {onnxcam_version()} augment", score=found.score,
+        input_shape=image["shape"], output_shape=builder.shape(sink)[1:], layers=[described], preprocessing=steps,
+        labels=labels, architecture=architecture, exporter=f"onnxcam {onnxcam_version()} augment",
+        score=found.score, output_source=found.outside(sink),
     )
     record["augment"] = {"source_input": found.outside(image["name"]), "source_layout": image["layout"],
                          "logits_tensor": found.outside(sink), "layer_tensor": found.outside(layer)}
-    _prune(proto.graph)
+    graphkit.prune(proto.graph)
+    graphkit.toposort(proto.graph)
     _verify(proto)
     if output is not None:
         write_explainer(proto, record, Path(output))
@@ -119,7 +123,7 @@ class _Analysis:
     feeding: set[str]
 
     def default_layer(self) -> tuple[str, str]:
-        return _default_layer(self.model, self.builder, self.live, self.feeding)
+        return _default_layer(self.model, self.builder, self.live, self.feeding, self.sink)
 
     def check_layer(self, layer: str) -> None:
         _check_layer(self.model, self.builder, layer, self.live, self.feeding, self.sink)
@@ -243,7 +247,6 @@ def _prepare_input(model: onnx.ModelProto, size: Sequence[int] | None) -> dict[s
     graph.node.extend(nodes + rest)
     shape = ["batch", channels, *spatial]
     graph.input.insert(0, helper.make_tensor_value_info(contract.INPUT, TensorProto.FLOAT, shape))
-    graph.input.append(helper.make_tensor_value_info(contract.TARGET, TensorProto.INT64, ["batch"]))
     return {"name": original, "layout": layout, "shape": (channels, *spatial), "renamed": renamed}
 
 
@@ -254,20 +257,25 @@ def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
 
 def _find_logits(model: onnx.ModelProto, b: Builder, name: str | None,
                  outputs: list[str]) -> tuple[str, str, list[str]]:
-    """The ``[N, classes]`` score tensor to differentiate, what it is, and notes for the user."""
+    """The ``[N, …]`` tensor to differentiate, what it is, and notes for the user. ``[N, classes]``
+    scores that end in a Softmax/LogSoftmax/Sigmoid are taken before it (the raw logits, as
+    pytorch-grad-cam's ``ClassifierOutputTarget``); other outputs (maps, embeddings) as they are."""
     producers = _producers(model.graph)
+    notes: list[str] = []
     if name is None:
-        if len(outputs) != 1:
-            raise AugmentError(f"the model has {len(outputs)} outputs ({', '.join(outputs)}); "
-                               "say which holds the class scores with --logits NAME")
         name = outputs[0]
+        if len(outputs) > 1:
+            notes.append(f"the model has {len(outputs)} outputs ({', '.join(outputs)}); explaining the first, "
+                         f"{name!r} (choose another with --logits NAME)")
     elif name not in producers:
         raise AugmentError(f"--logits {name!r} is not a tensor computed by the model; "
                            f"its outputs are: {', '.join(outputs)}")
-    score, notes, tensor = "logit", [], name
+    score, tensor = "logit", name
     while tensor in producers and producers[tensor].op_type in PASS_THROUGH:
         tensor = producers[tensor].input[0]
-    if tensor in producers and producers[tensor].op_type in ("Softmax", "LogSoftmax", "Sigmoid"):
+    shape = b.shapes.get(name)
+    if tensor in producers and producers[tensor].op_type in ("Softmax", "LogSoftmax", "Sigmoid") \
+            and shape is not None and len(shape) == 2:
         node = producers[tensor]
         name = node.input[0]
         while name in producers and producers[name].op_type in PASS_THROUGH \
@@ -276,11 +284,20 @@ def _find_logits(model: onnx.ModelProto, b: Builder, name: str | None,
         score = f"logit (the input of the model's final {node.op_type})"
         notes.append(f"the model outputs {node.op_type} {tensor!r}; differentiating its input {name!r}, "
                      "the raw logit of the target class")
+    elif tensor in producers and producers[tensor].op_type in ("Softmax", "Sigmoid"):
+        score = f"{producers[tensor].op_type.lower()} output"
     shape = b.shapes.get(name)
-    if shape is None or len(shape) != 2 or not isinstance(shape[1], int):
-        raise AugmentError(f"logits {name!r} have shape {list(shape) if shape else 'unknown'}; onnxcam needs "
-                           "[N, classes] scores with a fixed number of classes (choose another with --logits)")
+    if shape is None or not _static(shape[1:]):
+        shape = b.probed_shapes().get(name, shape)
+    if shape is None or len(shape) < 2 or not _static(shape[1:]) or b.types.get(name) not in onnx_grad.FLOAT_TYPES:
+        raise AugmentError(f"output {name!r} has shape {list(shape) if shape else 'unknown'}; onnxcam explains float "
+                           "outputs [N, …] with fixed sizes after the batch (fix the input size with --size, or "
+                           "choose another tensor with --logits)")
     return name, score, notes
+
+
+def _static(dims: Sequence) -> bool:
+    return all(isinstance(d, int) and d > 0 for d in dims)
 
 
 def _global_pool_axes(node: onnx.NodeProto, b: Builder) -> tuple[int, ...] | None:
@@ -311,10 +328,14 @@ def _feature_maps(b: Builder, names: Sequence[str]) -> list[str]:
     return [n for n in names if b.types.get(n) in onnx_grad.FLOAT_TYPES and _rank(b, n) in (3, 4)]
 
 
-def _default_layer(model: onnx.ModelProto, b: Builder, live: set[str], feeding: set[str]) -> tuple[str, str]:
-    """The input of the last global pooling before the logits, else the last 4-D map."""
+def _default_layer(model: onnx.ModelProto, b: Builder, live: set[str], feeding: set[str],
+                   sink: str) -> tuple[str, str]:
+    """The input of the last global pooling before the output, else the last 4-D map (for map
+    outputs: the last one with more than one channel and other channels than the output, not
+    the output's own logits)."""
     producers = _producers(model.graph)
-    for node in reversed(model.graph.node):
+    out_shape = b.shape(sink)
+    for node in reversed(model.graph.node if len(out_shape) == 2 else []):  # a CAM head ends in class scores
         if node.output[0] in feeding and node.input and node.input[0] in live and _global_pool_axes(node, b):
             tensor = node.input[0]
             while tensor in producers and producers[tensor].op_type in ("Cast", "Identity") \
@@ -322,9 +343,11 @@ def _default_layer(model: onnx.ModelProto, b: Builder, live: set[str], feeding: 
                 tensor = producers[tensor].input[0]
             return tensor, f"the input of {node.op_type} {node.name or node.output[0]!r}, the last global pooling"
     for node in reversed(model.graph.node):
-        maps = [o for o in node.output if o in live and o in feeding and _rank(b, o) == 4]
+        maps = [o for o in node.output if o in live and o in feeding and o != sink and _rank(b, o) == 4]
+        if len(out_shape) == 4:
+            maps = [o for o in maps if b.shape(o)[1] not in (1, out_shape[1])]
         if maps:
-            return maps[0], "the last 4-D feature map before the logits (no global pooling found)"
+            return maps[0], "the last 4-D feature map before the output (no global pooling found)"
     raise AugmentError("found no 4-D feature map between the input and the logits; name one with --layer")
 
 
@@ -381,36 +404,50 @@ def _as_float32(b: Builder, tensor: str) -> str:
 
 
 def _build(model: onnx.ModelProto, b: Builder, layer: str, layout: str, sink: str, name: str) -> contract.Layer:
-    """Append targets, the one-hot seed, the backward pass and the contract's outputs."""
-    classes = b.shape(sink)[1]
+    """Append the ``seed`` input, the backward pass it drives, the repetition of each image for
+    its K targets, and the contract's outputs."""
+    out_shape = [int(d) for d in b.shape(sink)[1:]]
     shape = b.shape(layer)
     if not all(isinstance(d, int) for d in shape[1:]):
         raise AugmentError(f"layer {layer!r} has shape {list(shape)}: its non-batch sizes must be fixed")
     b.dtype = b.types.get(sink, TensorProto.FLOAT)
-    top = b.op("ArgMax", sink, axis=1, keepdims=0)
-    resolved = _emit(b, "Where", [b.op("Less", contract.TARGET, b.const(0, np.int64)), top, contract.TARGET],
-                     contract.RESOLVED_TARGET)
-    hits = b.op("Equal", b.op("Unsqueeze", resolved, b.ints([1])), b.const([list(range(classes))], np.int64))
-    seed = b.op("Cast", hits, to=b.dtype)
-    _emit(b, "Identity", [_as_float32(b, sink)], contract.LOGITS)
+    model.graph.input.append(helper.make_tensor_value_info(contract.SEED, TensorProto.FLOAT,
+                                                           ["batch", "targets", *out_shape]))
+    seed = b.op("Reshape", contract.SEED, b.ints([-1, *out_shape]))
+    if b.dtype != TensorProto.FLOAT:
+        seed = b.op("Cast", seed, to=b.dtype)
+    _emit(b, "Identity", [_as_float32(b, sink)], contract.OUTPUT)
     gradient = onnx_grad.add_gradient(model, layer, sink, seed, b)
     activation_map, (channels, height, width) = _as_map(b, layer, layout, shape)
     gradient_map, _ = _as_map(b, gradient, layout, shape)
     _emit(b, "Identity", [_as_float32(b, activation_map)], contract.activation_name(0))
     _emit(b, "Identity", [_as_float32(b, gradient_map)], contract.gradient_name(0))
-    outputs = [(contract.LOGITS, TensorProto.FLOAT, ["batch", classes]),
-               (contract.RESOLVED_TARGET, TensorProto.INT64, ["batch"]),
-               (contract.activation_name(0), TensorProto.FLOAT, ["batch", channels, height, width]),
-               (contract.gradient_name(0), TensorProto.FLOAT, ["batch", channels, height, width])]
+    outputs = [(contract.OUTPUT, TensorProto.FLOAT, ["rows", *out_shape]),
+               (contract.activation_name(0), TensorProto.FLOAT, ["rows", channels, height, width]),
+               (contract.gradient_name(0), TensorProto.FLOAT, ["rows", channels, height, width])]
     cam_weight = None
-    if _has_linear_head(model, b, layer, sink):
+    if len(out_shape) == 1 and _has_linear_head(model, b, layer, sink):
         cam_weight = _emit(b, "ReduceSum", [contract.gradient_name(0), b.ints([2, 3])], contract.cam_weight_name(0),
                            keepdims=0)
-        outputs.append((cam_weight, TensorProto.FLOAT, ["batch", channels]))
+        outputs.append((cam_weight, TensorProto.FLOAT, ["rows", channels]))
+    _repeat_input_rows(model, b)
     b.flush(model)
     model.graph.output.extend(helper.make_tensor_value_info(*o) for o in outputs)
     return contract.Layer(name=name, shape=(channels, height, width), activation=contract.activation_name(0),
                           gradient=contract.gradient_name(0), cam_weight=cam_weight, reshape=layout)
+
+
+def _repeat_input_rows(model: onnx.ModelProto, b: Builder) -> None:
+    """Feed the model each image K times (K = the seed's second size), image-major, so that every
+    row of the forward and backward pass belongs to one (image, target): ``[N, …] → [N·K, …]``."""
+    targets = b.op("Shape", contract.SEED, start=1, end=2)
+    image = b.op("Shape", contract.INPUT, start=1)
+    batch = b.op("Shape", contract.INPUT, start=0, end=1)
+    tiled = b.op("Expand", b.op("Unsqueeze", contract.INPUT, b.ints([1])),
+                 b.op("Concat", batch, targets, image, axis=0))
+    rows = b.op("Reshape", tiled, b.op("Concat", b.ints([-1]), image, axis=0))
+    for node in model.graph.node:
+        node.input[:] = [rows if name == contract.INPUT else name for name in node.input]
 
 
 def _tail(model: onnx.ModelProto, b: Builder, layer: str, layout: str) -> dict[str, Any] | None:
@@ -455,9 +492,9 @@ def _verify(model: onnx.ModelProto) -> None:
     except Exception as error:  # a bug of onnxcam's, not of the user's file
         raise AugmentError(f"the augmented graph does not pass onnx.checker ({_first_line(error)}); "
                            "please report this with the model") from None
-    shape = [d.dim_value or 2 for d in model.graph.input[0].type.tensor_type.shape.dim]
-    feeds = {contract.INPUT: np.random.default_rng(0).standard_normal(shape).astype(np.float32),
-             contract.TARGET: np.array([-1, 0], np.int64)}
+    rng = np.random.default_rng(0)
+    shapes = {i.name: [d.dim_value or 2 for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    feeds = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
     try:
         session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         outputs = session.run(None, feeds)
@@ -467,17 +504,6 @@ def _verify(model: onnx.ModelProto) -> None:
     if not all(np.isfinite(o).all() for o in outputs if o.dtype.kind == "f"):
         raise AugmentError("the augmented graph gives non-finite values on a random batch; "
                            "check --logits and the layer, or report this with the model")
-
-
-def _prune(graph: onnx.GraphProto) -> None:
-    """Drop nodes and initializers the outputs do not need (the source's own output head, say)."""
-    needed = set()
-    for output in graph.output:
-        needed |= ancestors(graph, output.name)
-    kept = [n for n in graph.node if needed.intersection(n.output)]
-    del graph.node[:]
-    graph.node.extend(kept)
-    used = {i for n in kept for i in n.input}
-    kept_weights = [w for w in graph.initializer if w.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_weights)
+    if outputs[0].shape[0] != shapes[contract.INPUT][0] * shapes[contract.SEED][1]:
+        raise AugmentError("the augmented graph does not give one row per image and target; "
+                           "please report this with the model")

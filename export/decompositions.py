@@ -42,12 +42,30 @@ def convolution_backward(
             - ((int(grad_output.shape[2 + i]) - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1) + 1)
             for i in range(spatial)
         ]
+        if all(s == 1 for s in stride) and all(e == 0 for e in extra) \
+                and all(p <= d * (k - 1) for p, d, k in zip(padding, dilation, kernel)):
+            # stride 1: a plain convolution with the weight flipped and its channel axes swapped per
+            # group; onnxruntime's CPU kernels run it several times faster than ConvTranspose
+            # (measured: DeepLabV3's dilated ASPP convolutions, 13 ms → ~3 ms each)
+            return _flipped_convolution(grad_output, weight, padding, dilation, groups, spatial), None, None
         transpose = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[spatial]
         grad_input = transpose(
             grad_output, weight, None, stride=list(stride), padding=list(padding),
             output_padding=extra, groups=groups, dilation=list(dilation),
         )
     return grad_input, None, None
+
+
+def _flipped_convolution(grad_output, weight, padding, dilation, groups: int, spatial: int):
+    """``∂input`` of a stride-1 convolution: ``conv(∂output, W')`` with ``W'`` the weight with input and
+    output channels swapped within each group and every spatial axis flipped, padding ``d·(k−1) − p``."""
+    out_channels, in_per_group = int(weight.shape[0]), int(weight.shape[1])
+    kernel = [int(k) for k in weight.shape[2:]]
+    grouped = weight.reshape(groups, out_channels // groups, in_per_group, *kernel).transpose(1, 2)
+    flipped = grouped.reshape(groups * in_per_group, out_channels // groups, *kernel).flip(list(range(2, 2 + spatial)))
+    convolution = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[spatial]
+    pads = [d * (k - 1) - p for p, d, k in zip(padding, dilation, kernel)]
+    return convolution(grad_output, flipped, None, stride=1, padding=pads, dilation=list(dilation), groups=groups)
 
 
 def _bins(in_size: int, out_size: int) -> list[tuple[int, int]]:

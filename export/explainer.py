@@ -1,11 +1,13 @@
-"""PyTorch model → explainer graph (see DESIGN.md, "The seam").
+"""PyTorch model → explainer graph (docs/explainer-graph.md).
 
-The explainer is a module whose forward runs the model, resolves the target class,
-differentiates the target's raw logit with ``torch.autograd.grad`` and returns
-logits, resolved targets, and each chosen layer's activation and gradient. It is
-traced with ``torch.export`` (non-strict, without pre-dispatch, so autograd is
-traced into aten backward ops), the backward ops ONNX lacks are rewritten
-(``decompositions.py``), and the program is written as ONNX with a metadata record.
+The explainer is a module whose forward runs the model, picks the output to explain,
+and pulls the *seed* (∂score/∂output, one per image and target) back through it with
+``torch.autograd.grad(output, layers, grad_outputs=seed)``; it returns the output and
+each chosen layer's activation and gradient. Any target kind is a seed, so one graph
+serves them all (the runtime builds seeds, ``runtime/targets``). It is traced with
+``torch.export`` (non-strict, without pre-dispatch, so autograd is traced into aten
+backward ops), the backward ops ONNX lacks are rewritten (``decompositions.py``), and
+the program is written as ONNX with a metadata record.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import torch
 import torch.export._trace
 from torch import nn
 
-from onnxcam.export import decompositions, onnx_passes, onnx_rules
+from onnxcam.export import decompositions, interpolation, onnx_passes, onnx_rules
 from onnxcam.export.layers import find_layer, resolve_reshape, to_feature_map
 from onnxcam.export.onnx_io import onnxcam_version, write_explainer
 from onnxcam.runtime import contract
 
 OPSET = 18
+MAX_TARGETS = 4096  # targets an image in one call (the tracer wants a bound on the symbolic K)
 
 
 INPUT_GRADIENTS = ("plain", "guided")
@@ -90,8 +93,42 @@ def _repeat_rows(tensor: torch.Tensor, times) -> torch.Tensor:
     return tensor.unsqueeze(1).expand(tensor.shape[0], times, *tensor.shape[1:]).reshape(-1, *tensor.shape[1:])
 
 
+def select_output(raw, which: str | int | None = None) -> torch.Tensor:
+    """The model output to explain: the tensor itself, or one entry of a dict (by key, default the
+    first) or of a tuple/list (by index, default 0)."""
+    if isinstance(raw, torch.Tensor):
+        if which not in (None, "", 0, "0"):
+            raise ValueError(f"the model returns one tensor; there is no output {which!r} to choose")
+        return raw
+    if isinstance(raw, dict):
+        keys = list(raw)
+        key = keys[0] if which in (None, "") else str(which)
+        if key not in raw:
+            raise ValueError(f"the model's outputs are {keys}; {which!r} is not one of them (choose with --output)")
+        return select_output(raw[key])
+    if isinstance(raw, (tuple, list)):
+        index = 0 if which in (None, "") else which
+        try:
+            return select_output(raw[int(index)])
+        except (ValueError, IndexError):
+            raise ValueError(f"the model returns {len(raw)} outputs; choose one by index 0..{len(raw) - 1} "
+                             "with --output") from None
+    raise ValueError(f"the model returns {type(raw).__name__}; onnxcam explains tensor outputs "
+                     "(or a dict / tuple of them)")
+
+
+def output_choices(raw) -> str | None:
+    """How the chosen output is named in the metadata: the dict key or tuple index, None for a tensor."""
+    return None if isinstance(raw, torch.Tensor) else ("0" if isinstance(raw, (tuple, list)) else str(next(iter(raw))))
+
+
 class ExplainerModule(nn.Module):
-    """Wraps a classifier: ``(input [N,C,H,W], target [N,K]) → logits, target, activations…, gradients…``.
+    """Wraps a model: ``(input [N,C,H,W], seed [N,K,*O]) → output, activations…, gradients…``.
+
+    ``seed[n, k]`` is ∂score/∂output for image ``n``'s ``k``-th target; the gradients are
+    those of ``Σ seed · output`` (pytorch-grad-cam's ``sum(target(output))`` for any target
+    whose score is linear in the output at the point; nonlinear scores are linearised by
+    the runtime, which builds their seed from the output).
 
     K targets per image are explained in one pass: from the *share point* on (the first
     chosen layer, or the input when input gradients are asked for) each image's row is
@@ -107,9 +144,10 @@ class ExplainerModule(nn.Module):
 
     def __init__(self, model: nn.Module, layers: Sequence[str], reshapes: Sequence[str],
                  cam_heads: Sequence[nn.Linear | None], input_gradients: Sequence[str] = (),
-                 share_at_input: bool = False):
+                 share_at_input: bool = False, output: str | int | None = None):
         super().__init__()
         self.model = model
+        self.output = output
         self.layer_names = list(layers)
         self.reshapes = list(reshapes)
         self.cam_heads = nn.ModuleList([head if head is not None else nn.Identity() for head in cam_heads])
@@ -146,42 +184,35 @@ class ExplainerModule(nn.Module):
             return self._handed_on[index]
         return keep
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor):
-        per_image = target.shape[1]
+    def forward(self, input: torch.Tensor, seed: torch.Tensor):
+        per_image = seed.shape[1]
         with torch.enable_grad():
             if self.share_at_input:
                 input = _repeat_rows(input, per_image).clone().requires_grad_(True)
             else:
                 self._repeats = per_image
-            logits = self.model(input)
-            if logits.dim() != 2:
-                raise ValueError(
-                    f"the model returns logits of shape {tuple(logits.shape)}; a classifier must return [N, classes]"
-                )
-            image_logits = logits.reshape(-1, per_image, logits.shape[1])[:, 0]
-            ranked = torch.argsort(image_logits, dim=1, descending=True)
-            # a negative target -j is the image's j-th best class
-            rank = (-target - 1).clamp(min=0, max=logits.shape[1] - 1)
-            resolved = torch.where(target < 0, ranked.gather(1, rank), target)
-            score = logits.gather(1, resolved.reshape(-1, 1)).sum()
+            output = select_output(self.model(input), self.output)
+            if output.dim() < 2:
+                raise ValueError(f"the model output has shape {tuple(output.shape)}; onnxcam needs a batch axis "
+                                 "and at least one more ([N, classes], [N, D], [N, classes, H, W]…)")
+            seed_rows = seed.reshape(-1, *seed.shape[2:]).to(output.dtype)
             captured = list(self._captured)
             plain_inputs = [input] if "plain" in self.input_gradients else []
-            gradients = torch.autograd.grad(score, captured + plain_inputs, retain_graph=True)
+            gradients = torch.autograd.grad(output, captured + plain_inputs, grad_outputs=seed_rows,
+                                            retain_graph=True)
             input_gradients = list(gradients[len(captured):])
             gradients = gradients[:len(captured)]
             if "guided" in self.input_gradients:
                 GuidedReLU.guided = True
                 try:
-                    input_gradients += torch.autograd.grad(score, [input])
+                    input_gradients += torch.autograd.grad(output, [input], grad_outputs=seed_rows)
                 finally:
                     GuidedReLU.guided = False
-        rows = resolved.reshape(-1)
         activations = [to_feature_map(a, r) for a, r in zip(captured, self.reshapes)]
         gradients = [to_feature_map(g, r) for g, r in zip(gradients, self.reshapes)]
-        cam_weights = [
-            head.weight[rows] for head, used in zip(self.cam_heads, self.has_cam_head) if used
-        ]
-        return (logits.detach(), resolved, *[a.detach() for a in activations], *gradients,
+        # a GAP + linear head: ∂(seed · (W·mean(A) + b))/∂mean(A) = seed · W, the CAM weights of the target
+        cam_weights = [seed_rows @ head.weight for head, used in zip(self.cam_heads, self.has_cam_head) if used]
+        return (output.detach(), *[a.detach() for a in activations], *gradients,
                 *[w.detach() for w in cam_weights], *input_gradients,
                 *[h.detach() for h in self._handed_on])
 
@@ -222,10 +253,14 @@ def export_explainer(
     architecture: str | None = None,
     example: torch.Tensor | None = None,
     input_gradients: Sequence[str] = (),
+    output: str | int | None = None,
 ) -> dict:
     """Write the explainer graph of ``model`` to ``path`` and return its metadata record.
 
-    model: a classifier ``[N,C,H,W] → [N, classes]``; it is copied and put in eval mode.
+    model: ``[N,C,H,W] →`` a tensor ``[N, …]`` (class scores ``[N, classes]``, one logit
+    ``[N, 1]``, embeddings ``[N, D]``, segmentation maps ``[N, classes, H, W]``…) or a dict /
+    tuple of them; it is copied and put in eval mode.
+    output: which entry of a dict (key) or tuple (index) to explain; default the first.
     layers: dotted module names (``"layer4"``, ``"features.denseblock4"``).
     input_shape: an example ``(N, C, H, W)``; N stays dynamic in the graph (N ≥ 2 traces best).
     reshape: per layer, ``auto`` | ``none`` | ``tokens`` (``[N,T,C]`` → grid, class token
@@ -270,7 +305,11 @@ def export_explainer(
     handles = [find_layer(model, n).register_forward_hook(lambda m, i, o: raw.append(o.detach().clone()))
                for n in layers]
     with torch.no_grad():
-        logits = model(example)
+        raw_output = model(example)
+    explained = select_output(raw_output, output)
+    if explained.dim() < 2:
+        raise ValueError(f"the model output has shape {tuple(explained.shape)}; onnxcam needs [N, …] with a batch axis")
+    source = output_choices(raw_output) if output in (None, "") else str(output)
     for handle in handles:
         handle.remove()
     if len(raw) != len(layers):
@@ -280,21 +319,23 @@ def export_explainer(
         )
     reshapes = [resolve_reshape(r, a) for r, a in zip(reshapes, raw)]
     feature_maps = [to_feature_map(a, r) for a, r in zip(raw, reshapes)]
-    cam_heads = [find_cam_head(model, f, logits) for f in feature_maps]
+    cam_heads = [find_cam_head(model, f, explained) if explained.dim() == 2 else None for f in feature_maps]
 
     if "guided" in input_gradients and _replace_relus(model) == 0:
         warnings.warn("the model has no nn.ReLU/ReLU6 modules: its guided gradient equals the plain input gradient")
+    output_shape = [int(s) for s in explained.shape[1:]]
     share_at_input = bool(input_gradients) or not _rows_can_repeat_at_layer(model, layers, reshapes, cam_heads,
-                                                                             example)
-    wrapper = ExplainerModule(model, layers, reshapes, cam_heads, input_gradients, share_at_input).eval()
-    target = torch.tensor([[-1, -2]] * batch, dtype=torch.int64)  # two targets an image: K stays symbolic
+                                                                             example, output, output_shape)
+    wrapper = ExplainerModule(model, layers, reshapes, cam_heads, input_gradients, share_at_input, output).eval()
+    # two targets an image, so that K stays symbolic
+    seed = torch.randn(batch, 2, *output_shape, generator=torch.Generator().manual_seed(1))
     batch_dim = torch.export.Dim("batch", min=1)
-    targets_dim = torch.export.Dim("targets", min=1, max=int(logits.shape[1]))
+    targets_dim = torch.export.Dim("targets", min=1, max=MAX_TARGETS)
 
     with _tracing_context():
         program = torch.export._trace._export(
-            wrapper, (example, target),
-            dynamic_shapes={"input": {0: batch_dim}, "target": {0: batch_dim, 1: targets_dim}},
+            wrapper, (example, seed),
+            dynamic_shapes={"input": {0: batch_dim}, "seed": {0: batch_dim, 1: targets_dim}},
             strict=False, pre_dispatch=False,
         )
         program = program.run_decompositions(decompositions.table())
@@ -309,7 +350,7 @@ def export_explainer(
     ]
     gradient_outputs = {kind: contract.INPUT_GRADIENT_OUTPUTS[kind] for kind in input_gradients}
     tail_markers = [f"onnxcam_tail_input_{i}" for i in range(len(layers))]
-    output_names = [contract.LOGITS, contract.RESOLVED_TARGET]
+    output_names = [contract.OUTPUT]
     output_names += [l.activation for l in described] + [l.gradient for l in described]
     output_names += [l.cam_weight for l in described if l.cam_weight]
     output_names += list(gradient_outputs.values()) + tail_markers
@@ -317,19 +358,19 @@ def export_explainer(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         onnx_program = torch.onnx.export(
-            program, (example, target), input_names=[contract.INPUT, contract.TARGET],
+            program, (example, seed), input_names=[contract.INPUT, contract.SEED],
             output_names=output_names,
             opset_version=OPSET, dynamo=True, optimize=True, verbose=False,
             custom_translation_table=onnx_rules.table(),
         )
     model_proto = onnx_program.model_proto
-    tails = onnx_passes.find_tails(model_proto, tail_markers, [list(r.shape[1:]) for r in raw])
+    tails = onnx_passes.find_tails(model_proto, tail_markers, [list(r.shape[1:]) for r in raw], contract.OUTPUT)
     described = [dataclasses.replace(layer, tail=_tail_record(tail, raw_output, reshape))
                  for layer, tail, raw_output, reshape in zip(described, tails, raw, reshapes)]
     record = contract.metadata_record(
-        input_shape=tuple(example.shape[1:]), classes=int(logits.shape[1]), layers=described,
+        input_shape=tuple(example.shape[1:]), output_shape=output_shape, layers=described,
         preprocessing=preprocessing, labels=labels, architecture=architecture, exporter=_exporter_version(),
-        input_gradients=gradient_outputs,
+        input_gradients=gradient_outputs, output_source=source,
     )
     onnx_passes.drop_matmul_broadcast_expands(model_proto)
     _name_batch_dimension(model_proto)
@@ -337,16 +378,17 @@ def export_explainer(
     return record
 
 
-def _rows_can_repeat_at_layer(model, layers, reshapes, cam_heads, example) -> bool:
+def _rows_can_repeat_at_layer(model, layers, reshapes, cam_heads, example, output, output_shape) -> bool:
     """Whether the model still runs when rows are repeated from the first chosen layer on
-    (false when a tensor from before the layer is combined with one after it, which
-    classifiers rarely do); if not, rows are repeated from the input."""
-    wrapper = ExplainerModule(model, layers, reshapes, cam_heads)
+    (false when a tensor from before the layer is combined with one after it, as U-Nets
+    and FPNs do); if not, rows are repeated from the input."""
+    wrapper = ExplainerModule(model, layers, reshapes, cam_heads, output=output)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            outputs = wrapper(example[:1], torch.tensor([[-1, -2]]))
-        return outputs[0].shape[0] == 2
+            # two images, so that a [2]-row tensor meeting a [4]-row one fails (one image would broadcast)
+            outputs = wrapper(example[:2], torch.ones(2, 2, *output_shape))
+        return outputs[0].shape[0] == 4
     except RuntimeError:
         return False
     finally:
@@ -362,16 +404,23 @@ def _tail_record(tail: str | None, raw_output: torch.Tensor, reshape: str) -> di
             "channel_axis": 1 if reshape == "none" else raw_output.dim() - 1}
 
 
-def _name_batch_dimension(model_proto, name: str = "batch") -> None:
-    """Call the symbolic batch dimension ``batch`` (the tracer names it ``s0``, ``s31``…)."""
-    symbol = model_proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
-    if not symbol:
-        return
-    values = [*model_proto.graph.input, *model_proto.graph.output, *model_proto.graph.value_info]
-    for value in values:
+def _name_batch_dimension(model_proto) -> None:
+    """Name the symbolic sizes as the contract does: ``batch`` (images), ``targets`` (K) and
+    ``rows`` (N·K, every output's first axis); the tracer calls them ``s0``, ``s28``, ``s28*s31``…"""
+    inputs = {value.name: value for value in model_proto.graph.input}
+    names = {}
+    for input_name, axis, name in ((contract.INPUT, 0, "batch"), (contract.SEED, 1, "targets")):
+        symbol = inputs[input_name].type.tensor_type.shape.dim[axis].dim_param
+        if symbol:
+            names[symbol] = name
+    for value in [*model_proto.graph.input, *model_proto.graph.output, *model_proto.graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param == symbol:
-                dim.dim_param = name
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
+    for value in model_proto.graph.output:
+        first = value.type.tensor_type.shape.dim[0]
+        first.Clear()
+        first.dim_param = "rows"
 
 
 def _exporter_version() -> str:
@@ -380,9 +429,10 @@ def _exporter_version() -> str:
 
 @contextlib.contextmanager
 def _tracing_context():
-    """The math attention kernel (its backward decomposes into plain matmuls), quiet logs."""
+    """The math attention kernel (its backward decomposes into plain matmuls), interpolation as
+    matrix products (``interpolation.py``: its traced backward is a slow scatter), quiet logs."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with sdpa_kernel([SDPBackend.MATH]), warnings.catch_warnings():
+    with sdpa_kernel([SDPBackend.MATH]), interpolation.as_matrix_products(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield

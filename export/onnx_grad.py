@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxcam.runtime import graphkit
+
 Shape = tuple  # of int (static), str (symbolic) or None (unknown) per axis
 Grads = list  # of str | None, one per node input
 
@@ -73,9 +75,7 @@ class Builder:
         self._model, self._forward_nodes, self._probe = model, len(model.graph.node), None
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
-        self._taken = {o for n in model.graph.node for o in n.output} | set(self.shapes)
-        self._prefix = prefix
-        self._count = 0
+        self._names = graphkit.Names({o for n in model.graph.node for o in n.output} | set(self.shapes), prefix)
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -89,12 +89,7 @@ class Builder:
 
     # -- naming and nodes -------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
-        while True:
-            self._count += 1
-            name = f"{self._prefix}/{hint}_{self._count}"
-            if name not in self._taken:
-                self._taken.add(name)
-                return name
+        return self._names.fresh(hint)
 
     def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs) -> str | list[str]:
         names = [self.fresh(op_type) for _ in range(outputs)]
@@ -653,6 +648,84 @@ def _conv(b, node, g, needed):
     kernel = b.static_dims(weight, range(2, b.rank(weight)), node)
     geometry = transposed_geometry(b, node, x, kernel)
     grad = b.op("ConvTranspose", g[0], weight, group=attr(node, "group", 1), **geometry)
+    return [grad] + [None] * (len(node.input) - 1)
+
+
+@rule("ConvTranspose")
+def _conv_transpose(b, node, g, needed):
+    """The adjoint of a transposed convolution is the convolution with the same weight
+    (``[C_in, C_out/group, k…]`` is a Conv weight from C_out to C_in channels) and geometry;
+    ``output_padding`` only adds rows the convolution's floor division drops again."""
+    _only_first(node, needed, "weight or bias")
+    if attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID") or attr(node, "output_shape", None):
+        raise unsupported(node, "auto_pad SAME_* or output_shape (give explicit pads)")
+    x, weight = node.input[:2]
+    kernel = b.static_dims(weight, range(2, b.rank(weight)), node)
+    spatial = len(kernel)
+    geometry = {"strides": list(attr(node, "strides", None) or [1] * spatial),
+                "dilations": list(attr(node, "dilations", None) or [1] * spatial),
+                "pads": list(attr(node, "pads", None) or [0] * (2 * spatial))}
+    grad = b.op("Conv", g[0], weight, group=attr(node, "group", 1), kernel_shape=kernel, **geometry)
+    return [grad] + [None] * (len(node.input) - 1)
+
+
+def _resize_matrix(b: Builder, node: onnx.NodeProto, axis: int, rank: int, size_in: int) -> np.ndarray:
+    """``[size_out, size_in]``: what the node's Resize does along ``axis`` to a vector, measured
+    by running the same Resize (attributes, scales or sizes) on the identity matrix; nearest,
+    linear and cubic resizing are separable, so the whole op is these matrices axis by axis."""
+    import onnxruntime
+
+    inputs = list(node.input) + [""] * (4 - len(node.input))
+    scales = b.value(inputs[2], node) if inputs[2] else None
+    sizes = b.value(inputs[3], node) if inputs[3] else None
+    if attr(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize" \
+            or attr(node, "axes", None) is not None:
+        raise unsupported(node, "tf_crop_and_resize or an axes attribute")  # roi is read only by the former
+    if axis == 0:
+        raise unsupported(node, "resizing along the batch axis")
+    shape = [size_in] + [1] * (rank - 1)  # the basis vectors as a batch, each along ``axis``
+    shape[axis] = size_in
+    basis = np.eye(size_in, dtype=np.float32).reshape(shape)
+    feeds, extra = {"x": basis}, []
+    if sizes is not None:
+        wanted = np.ones(rank, np.int64)
+        wanted[0], wanted[axis] = size_in, int(sizes[axis])
+        extra = ["", "", "sizes"]
+        initializers = [numpy_helper.from_array(wanted.astype(np.int64), "sizes")]
+    else:
+        per_axis = np.ones(rank, np.float32)
+        per_axis[axis] = float(scales[axis])
+        extra = ["", "scales"]
+        initializers = [numpy_helper.from_array(per_axis, "scales")]
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    resize = helper.make_node("Resize", ["x", *extra], ["y"], **attributes)
+    graph = helper.make_graph([resize], "resize_matrix",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(basis.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(None, feeds)[0]  # [size_in (basis vectors), …, size_out, …]
+    return np.moveaxis(out.reshape(size_in, -1), 0, 1)  # [size_out, size_in]
+
+
+@rule("Resize")
+def _resize(b, node, g, needed):
+    """Nearest, linear or cubic resizing is linear in the input: ``y = A_h · x · A_wᵀ`` per plane,
+    so ``∂x = A_hᵀ · ∂y · A_w``, with the matrices read off the op itself (static sizes)."""
+    _only_first(node, needed, "roi, scales or sizes")
+    x = node.input[0]
+    rank = b.rank(x)
+    sizes = b.static_dims(x, range(1, rank), node)
+    grad = g[0]
+    for axis, size_in in zip(range(1, rank), sizes):
+        matrix = _resize_matrix(b, node, axis, rank, size_in)  # [out, in]
+        if matrix.shape[0] == size_in and np.array_equal(matrix, np.eye(size_in, dtype=np.float32)):
+            continue
+        moved = b.op("Transpose", grad, perm=[*(a for a in range(rank) if a != axis), axis])
+        product = b.op("MatMul", moved, b.const(matrix))  # [..., out] @ [out, in]
+        back = list(range(rank - 1))
+        back.insert(axis, rank - 1)
+        grad = b.op("Transpose", product, perm=back)
     return [grad] + [None] * (len(node.input) - 1)
 
 

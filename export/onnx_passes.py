@@ -114,19 +114,19 @@ def _identity_aliases(graph: onnx.GraphProto, name: str) -> set[str]:
     return aliases
 
 
-def find_tails(model: onnx.ModelProto, markers: list[str], shapes: list[list[int]]) -> list[str | None]:
+def find_tails(model: onnx.ModelProto, markers: list[str], shapes: list[list[int]], output: str) -> list[str | None]:
     """For each marker output (the layer output the rest of the model reads; ``shapes``: its
-    shape without the batch), the tensor from which the logits can be computed alone (the
-    model's tail, for Ablation-CAM), or None where the logits also depend on the input by
+    shape without the batch), the tensor from which ``output`` can be computed alone (the
+    model's tail, for Ablation-CAM), or None where the output also depends on the input by
     another path (a connection bypasses the layer). The marker outputs are removed."""
-    from onnxcam.runtime.contract import ContractError, LOGITS
+    from onnxcam.runtime.contract import ContractError
     from onnxcam.runtime.subgraph import needed_nodes, tail_model
 
     graph = model.graph
     tails: list[str | None] = []
     for marker, shape in zip(markers, shapes):
         aliases = _identity_aliases(graph, marker)
-        _, reads = needed_nodes(graph, [LOGITS], stop_at=aliases)
+        _, reads = needed_nodes(graph, [output], stop_at=aliases)
         read = reads & aliases
         tail = read.pop() if len(read) == 1 else None
         if tail is not None:

@@ -147,3 +147,38 @@ def export(path: str | Path, size: int = INPUT_SIZE) -> dict:
         build(size), path, [LAYER], (2, 3, size, size),
         preprocessing=preprocessing(size), labels=labels(), architecture=ARCHITECTURE,
     )
+
+
+def _on_features(head, image_size: int):
+    """The pretrained network up to :data:`LAYER`'s output ``[N, 1280, h, w]``, then ``head(features, x)``."""
+    import torch
+
+    class OnFeatures(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = build(image_size)
+
+        def forward(self, x):
+            return head(self.backbone, self.backbone.extract_features(x), x)
+
+    return OnFeatures().eval()
+
+
+def dense(image_size: int = INPUT_SIZE):
+    """The pretrained classifier made fully convolutional (Long et al., 2015, "Fully Convolutional
+    Networks"): its linear head applied at every position of :data:`LAYER` (``[N, 1280, 7, 7]`` →
+    ``[N, 1000, 7, 7]``), upsampled bilinearly to the input. Per-pixel ImageNet class scores from
+    the real weights: a segmenter that ships offline, for segmentation targets on real photos."""
+    import torch.nn.functional as F
+
+    def per_pixel(backbone, features, x):
+        scores = F.conv2d(features, backbone._fc.weight[:, :, None, None], backbone._fc.bias)
+        return F.interpolate(scores, size=x.shape[2:], mode="bilinear", align_corners=False)
+
+    return _on_features(per_pixel, image_size)
+
+
+def embedding(image_size: int = INPUT_SIZE):
+    """The pretrained network without its classifier: the pooled ``[N, 1280]`` embedding (for
+    similarity targets on real photos)."""
+    return _on_features(lambda backbone, features, x: features.mean(dim=(2, 3)), image_size)

@@ -1,4 +1,4 @@
-"""Recipes for torchvision classifiers: default layer, reshape, preprocessing and labels.
+"""Recipes for torchvision classifiers and segmenters: default layer, reshape, preprocessing, labels.
 
 A recipe is plain data (no torch import at module level); :func:`build` and
 :func:`labels` import torchvision when called. The default layers follow
@@ -23,7 +23,7 @@ class Recipe:
     layer: str
     reshape: str = "none"
     input_size: int = 224
-    resize_size: int = 256
+    resize_size: int | None = 256  # None: resize straight to the input size (segmentation)
 
 
 # family prefix → recipe; the longest matching prefix wins
@@ -42,7 +42,19 @@ RECIPES: dict[str, Recipe] = {
     "vit_b_32": Recipe("vit_b_32", "encoder.layers.encoder_layer_11.ln_1", reshape="tokens"),
     "vit_l_16": Recipe("vit_l_16", "encoder.layers.encoder_layer_23.ln_1", reshape="tokens"),
     "vit_l_32": Recipe("vit_l_32", "encoder.layers.encoder_layer_23.ln_1", reshape="tokens"),
+    # segmentation: the backbone's last stage, as pytorch-grad-cam's segmentation tutorial; the
+    # model returns {"out", "aux"}: "out" [N, 21, H, W] (Pascal VOC classes) is explained
+    "fcn_resnet": Recipe("fcn_resnet", "backbone.layer4", input_size=520, resize_size=None),
+    "deeplabv3_resnet": Recipe("deeplabv3_resnet", "backbone.layer4", input_size=520, resize_size=None),
+    "deeplabv3_mobilenet": Recipe("deeplabv3_mobilenet", "backbone.16", input_size=520, resize_size=None),
+    "lraspp_mobilenet": Recipe("lraspp_mobilenet", "backbone.16", input_size=520, resize_size=None),
 }
+
+
+def is_segmentation(architecture: str) -> bool:
+    import torchvision.models as tvm
+
+    return architecture in tvm.list_models(module=tvm.segmentation)
 
 
 def recipe(architecture: str) -> Recipe | None:
@@ -63,11 +75,14 @@ def preprocessing(architecture: str, input_size: int | None = None) -> dict[str,
         import torchvision.models as tvm
 
         transform = tvm.get_model_weights(architecture).DEFAULT.transforms()
-        crop, resize = int(transform.crop_size[0]), int(transform.resize_size[0])
+        if resize is None:  # segmentation: torchvision resizes the shorter side; onnxcam needs a fixed size
+            crop = int(transform.resize_size[0])
+        else:
+            crop, resize = int(transform.crop_size[0]), int(transform.resize_size[0])
     except (ImportError, ValueError, AttributeError, KeyError, IndexError, TypeError):
         pass
     if input_size is not None and input_size != crop:
-        resize, crop = round(resize * input_size / crop), input_size
+        resize, crop = (None if resize is None else round(resize * input_size / crop)), input_size
     return {
         "size": [crop, crop], "resize": resize, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
         "channel_order": "RGB", "scale": 255.0,
@@ -85,20 +100,21 @@ def labels(architecture: str) -> list[str] | None:
 
 
 def build(architecture: str, weights: str | Path | None = None, input_size: int | None = None):
-    """A torchvision classifier in eval mode: random weights, or a state-dict file's.
+    """A torchvision classifier or segmenter in eval mode: random weights, or a state-dict file's.
 
-    Weights are never downloaded. ViTs built for another input size get
-    ``image_size=input_size``.
+    Weights are never downloaded (segmenters: no backbone weights either). ViTs built for
+    another input size get ``image_size=input_size``.
     """
     import torch
     import torchvision.models as tvm
 
-    if architecture not in tvm.list_models(module=tvm):
+    segmentation = is_segmentation(architecture)
+    if architecture not in tvm.list_models(module=tvm) and not segmentation:
         raise ValueError(
-            f"{architecture!r} is not a torchvision classification model; "
+            f"{architecture!r} is not a torchvision classification or segmentation model; "
             "pass one of torchvision.models.list_models(), or a 'module:factory' path"
         )
-    options = {}
+    options = {"weights_backbone": None} if segmentation else {}
     if architecture.startswith("vit_") and input_size is not None:
         options["image_size"] = input_size
     model = tvm.get_model(architecture, weights=None, **options)

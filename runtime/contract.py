@@ -1,8 +1,11 @@
-"""The explainer-graph contract: the metadata record both sides agree on (DESIGN.md, "The seam").
+"""The explainer-graph contract: the metadata record both sides agree on (docs/explainer-graph.md).
 
 The exporter writes it with :func:`metadata_record`; the runtime reads it back with
 :func:`parse_metadata`, which refuses anything that is not an explainer graph.
 Torch-free: the export side imports this module, never the other way round.
+
+Format 2 graphs take a *seed* (∂score/∂output, one per image and target) and so serve
+every target kind; format 1 graphs have the class target built in and still run.
 """
 
 from __future__ import annotations
@@ -12,13 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 FORMAT = "onnxcam.explainer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS = (1, 2)
 METADATA_KEY = "onnxcam"
 
 INPUT = "input"
-TARGET = "target"
-LOGITS = "logits"
+SEED = "seed"  # format 2: float32 [batch, targets, *output]
+OUTPUT = "output"  # format 2: the differentiated model output, [rows, *output]
+TARGET = "target"  # format 1 graphs' input; the class kinds' input of the same name
+LOGITS = "logits"  # format 1 graphs' output
 RESOLVED_TARGET = "resolved_target"
+TARGET_SCORE = "target_score"  # the target's own score per row, added by the runtime's target kinds
 # optional outputs: ∂score/∂input, plain (vanilla saliency) or through guided-backprop ReLUs
 INPUT_GRADIENT_OUTPUTS = {"plain": "input_gradient", "guided": "guided_gradient"}
 
@@ -28,6 +35,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class ContractError(ValueError):
     """The file is not an explainer graph onnxcam can run (what is wrong and what to do)."""
+
+
+class InputError(ValueError):
+    """A batch or target that does not fit the graph (what is wrong and what to do)."""
 
 
 def activation_name(index: int) -> str:
@@ -71,19 +82,50 @@ class Layer:
 
 
 @dataclass(frozen=True)
+class Output:
+    """The model output whose gradient the graph carries: its name in the graph, its shape
+    without the batch (``[classes]``, ``[1]``, ``[D]``, ``[classes, H, W]``…), what it is,
+    and which of the model's outputs it was (a dict key or tuple index; None for a tensor)."""
+
+    name: str
+    shape: tuple[int, ...]
+    score: str = "logit"
+    source: str | None = None
+
+    @property
+    def classes(self) -> int | None:
+        """The size of the class axis: ``[classes]`` scores and ``[classes, H, W]`` maps; else None."""
+        return self.shape[0] if len(self.shape) in (1, 3) else None
+
+
+@dataclass(frozen=True)
 class Contract:
     """Everything the runtime knows about an explainer graph."""
 
     input_shape: tuple[int, int, int]  # [C, H, W]
-    classes: int
+    output: Output
     layers: tuple[Layer, ...]
     preprocessing: dict[str, Any]
     labels: tuple[str, ...] | None = None
     architecture: str | None = None
-    score: str = "logit"
     exporter: str = ""
     precision: str = "float32"  # of the graph's arithmetic; inputs and outputs are always float32
     input_gradients: dict[str, str] = field(default_factory=dict)  # "plain"/"guided" → output name
+    version: int = FORMAT_VERSION
+
+    @property
+    def classes(self) -> int | None:
+        return self.output.classes
+
+    @property
+    def score(self) -> str:
+        return self.output.score
+
+    @property
+    def seeded(self) -> bool:
+        """Format 2: the backward pass is driven by the ``seed`` input (every target kind);
+        format 1 graphs have the class target built in (``target`` → ``resolved_target``)."""
+        return self.version >= 2
 
     def layer(self, name_or_index: str | int) -> Layer:
         if isinstance(name_or_index, int):
@@ -106,26 +148,50 @@ class Contract:
             return self.labels[class_id]
         return f"class {class_id}"
 
+    def class_id(self, text: str) -> int:
+        """A class given as an id (``281``, ``-1`` for the top one) or a label (``tabby``, case-insensitive)."""
+        try:
+            value = int(text)
+        except ValueError:
+            pass
+        else:
+            if abs(value) >= 2 ** 62:
+                raise InputError(f"target class {text} is out of range; give a class id or a label "
+                                 "as `onnxcam info` lists them")
+            return value
+        lowered = text.strip().lower()
+        for index, label in enumerate(self.labels or ()):
+            if label.lower() == lowered:
+                return index
+        if not self.labels:
+            raise ContractError(f"class {text!r} is not a number and this graph has no labels; give a class id")
+        import difflib
+
+        close = difflib.get_close_matches(lowered, [l.lower() for l in self.labels], n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise ContractError(f"class {text!r} is not among this graph's {len(self.labels)} labels{hint}; "
+                            "give a class id or a label as `onnxcam info` lists them")
+
 
 def metadata_record(
-    *, input_shape: Sequence[int], classes: int, layers: Sequence[Layer],
+    *, input_shape: Sequence[int], output_shape: Sequence[int], layers: Sequence[Layer],
     preprocessing: dict[str, Any] | None, labels: Sequence[str] | None,
-    architecture: str | None, exporter: str, score: str = "logit",
+    architecture: str | None, exporter: str, score: str = "logit", output_source: str | None = None,
     input_gradients: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The JSON-able record stored under ``metadata_props[METADATA_KEY]``."""
-    if labels is not None and len(labels) != classes:
-        raise ContractError(f"{len(labels)} labels given for a model with {classes} classes")
+    """The JSON-able record stored under ``metadata_props[METADATA_KEY]`` (format 2)."""
+    output = Output(OUTPUT, tuple(int(s) for s in output_shape), score, output_source)
+    if labels is not None and len(labels) != output.classes:
+        raise ContractError(f"{len(labels)} labels given for a model output of shape {list(output.shape)} "
+                            f"({output.classes or 'no'} classes)")
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "exporter": exporter,
         "architecture": architecture,
         "input": {"name": INPUT, "shape": [int(s) for s in input_shape], "dtype": "float32"},
-        "target": {"name": TARGET, "resolved": RESOLVED_TARGET},
-        "logits": LOGITS,
-        "classes": int(classes),
-        "score": score,
+        "seed": SEED,
+        "output": {"name": OUTPUT, "shape": list(output.shape), "score": score, "source": output_source},
         "layers": [
             {"name": l.name, "shape": list(l.shape), "reshape": l.reshape,
              "activation": l.activation, "gradient": l.gradient, "cam_weight": l.cam_weight, "tail": l.tail}
@@ -153,10 +219,11 @@ def parse_metadata(metadata: dict[str, str], what: str = "model") -> Contract:
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ContractError(_NOT_EXPLAINER.format(what=what, why=f"metadata format is not {FORMAT!r}"))
     version = record.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READS_VERSIONS:
         raise ContractError(
             f"{what}: explainer format version {version} is not supported by this onnxcam "
-            f"(it reads version {FORMAT_VERSION}); re-export the model with this onnxcam or upgrade onnxcam"
+            f"(it reads versions {', '.join(map(str, READS_VERSIONS))}); re-export the model with this onnxcam "
+            "or upgrade onnxcam"
         )
     try:
         layers = tuple(
@@ -166,17 +233,23 @@ def parse_metadata(metadata: dict[str, str], what: str = "model") -> Contract:
             for l in record["layers"]
         )
         labels = record.get("labels")
+        if version == 1:  # the class target built in: [N, classes] logits
+            output = Output(LOGITS, (int(record["classes"]),), record.get("score", "logit"))
+        else:
+            described = record["output"]
+            output = Output(described["name"], tuple(int(s) for s in described["shape"]),
+                            described.get("score", "logit"), described.get("source"))
         return Contract(
             input_shape=tuple(int(s) for s in record["input"]["shape"]),
-            classes=int(record["classes"]),
+            output=output,
             layers=layers,
             preprocessing=dict(record["preprocessing"]),
             labels=tuple(labels) if labels else None,
             architecture=record.get("architecture"),
-            score=record.get("score", "logit"),
             exporter=record.get("exporter", ""),
             precision=record.get("precision", "float32"),
             input_gradients=dict(record.get("input_gradients") or {}),
+            version=int(version),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ContractError(_NOT_EXPLAINER.format(what=what, why=f"metadata record is incomplete: {error!r}")) from None

@@ -1,6 +1,6 @@
 """CAM methods as ONNX nodes appended to the explainer graph, so maps are made where the data lives.
 
-DESIGN.md's performance model: copying full activations and gradients to the host and
+The performance model (docs/explainer-graph.md, "How the runtime runs it"): copying full activations and gradients to the host and
 reducing them in numpy costs more than the backward itself. For the methods here, the
 runtime appends the method to the explainer graph (weights, weighted sum, ReLU,
 min-max, resize to the input, fusion over layers) and fetches only ``[N, H, W]`` maps,
@@ -10,14 +10,15 @@ which the tests hold both paths to); methods without a builder here run in numpy
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from onnxcam.runtime.contract import LOGITS, RESOLVED_TARGET, Contract, Layer
-from onnxcam.runtime.methods import EPSILON_GRADCAM_PLUS_PLUS, EPSILON_NORMALISE
+from onnxcam.runtime.contract import Contract, Layer
+from onnxcam.runtime.graphkit import Builder as _Builder
+from onnxcam.runtime.methods import EPSILON_NORMALISE, get_method
 
 MAP = "onnxcam_map"
 
@@ -26,70 +27,16 @@ def raw_map_name(index: int) -> str:
     return f"onnxcam_raw_map_{index}"
 
 
-def output_names(layer_count: int) -> list[str]:
-    """The outputs of an extended graph, in the order the runtime reads them."""
-    return [LOGITS, RESOLVED_TARGET, MAP] + [raw_map_name(i) for i in range(layer_count)]
+def output_names(kept: Sequence[str], layer_count: int) -> list[str]:
+    """The outputs of an extended graph, in the order the runtime reads them: ``kept`` (the
+    target graph's per-target outputs), the fused map, each layer's raw map."""
+    return list(kept) + [MAP] + [raw_map_name(i) for i in range(layer_count)]
 
 
-def output_shapes(contract: Contract, layers: Sequence[Layer], targets_shape: tuple[int, ...]) -> list[list[int]]:
-    """The shapes of ``output_names`` for a target array of ``targets_shape`` (``[N]`` or ``[N, K]``):
-    one row per (image, target)."""
-    rows = int(np.prod(targets_shape))
+def map_shapes(contract: Contract, layers: Sequence[Layer], rows: int) -> list[list[int]]:
+    """The shapes of the fused map and the raw maps for ``rows`` rows (image, target)."""
     size = [int(contract.input_shape[1]), int(contract.input_shape[2])]
-    return [[rows, contract.classes], list(targets_shape), [rows, *size]] + \
-        [[rows, int(layer.shape[1]), int(layer.shape[2])] for layer in layers]
-
-
-class _Builder:
-    """Appends nodes with unique names under a prefix."""
-
-    def __init__(self, graph: onnx.GraphProto, prefix: str = "onnxcam"):
-        self.graph, self.prefix, self.count = graph, prefix, 0
-
-    def name(self, hint: str) -> str:
-        self.count += 1
-        return f"{self.prefix}/{hint}_{self.count}"
-
-    def op(self, op_type: str, inputs: Sequence[str], output: str | None = None, **attributes) -> str:
-        output = output or self.name(op_type.lower())
-        self.graph.node.append(helper.make_node(op_type, list(inputs), [output], name=self.name(op_type), **attributes))
-        return output
-
-    def const(self, value, dtype=np.float32) -> str:
-        name = self.name("const")
-        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
-
-def _gradcam_weights(b: _Builder, activation: str, gradient: str | None, cam_weight: str | None) -> str:
-    """``[N, C, 1, 1]``: spatial mean of the gradient."""
-    return b.op("ReduceMean", [gradient, b.const([2, 3], np.int64)], keepdims=1)
-
-
-def _gradcam_plus_plus_weights(b: _Builder, activation: str, gradient: str | None, cam_weight: str | None) -> str:
-    """``[N, C, 1, 1]``: Σ_ij relu(g)·g² / (2g² + ΣA·g³ + ε), α = 0 where g = 0."""
-    axes = b.const([2, 3], np.int64)
-    grad_2 = b.op("Mul", [gradient, gradient])
-    grad_3 = b.op("Mul", [grad_2, gradient])
-    activation_sum = b.op("ReduceSum", [activation, axes], keepdims=1)
-    denominator = b.op("Add", [b.op("Add", [b.op("Mul", [b.const(2.0), grad_2]), b.op("Mul", [activation_sum, grad_3])]),
-                               b.const(EPSILON_GRADCAM_PLUS_PLUS)])
-    alpha = b.op("Div", [grad_2, denominator])
-    nonzero = b.op("Not", [b.op("Equal", [gradient, b.const(0.0)])])
-    alpha = b.op("Where", [nonzero, alpha, b.const(0.0)])
-    return b.op("ReduceSum", [b.op("Mul", [b.op("Relu", [gradient]), alpha]), axes], keepdims=1)
-
-
-def _cam_weights(b: _Builder, activation: str, gradient: str | None, cam_weight: str | None) -> str:
-    """``[N, C, 1, 1]``: the classifier's weight row of the target."""
-    return b.op("Unsqueeze", [cam_weight, b.const([2, 3], np.int64)])
-
-
-WEIGHT_BUILDERS: dict[str, Callable[..., str]] = {
-    "cam": _cam_weights,
-    "gradcam": _gradcam_weights,
-    "gradcam++": _gradcam_plus_plus_weights,
-}
+    return [[rows, *size]] + [[rows, int(layer.shape[1]), int(layer.shape[2])] for layer in layers]
 
 
 def _weighted_sum(b: _Builder, weights: str, layer: Layer, output: str) -> str:
@@ -118,19 +65,21 @@ def _resize(b: _Builder, maps: str, size: tuple[int, int]) -> str:
 
 
 def supports(method: str) -> bool:
-    return method in WEIGHT_BUILDERS
+    """Whether ``method`` has an in-graph form (its file defines ``graph_weights``)."""
+    return get_method(method).graph_weights is not None
 
 
-def append_method(model: onnx.ModelProto, contract: Contract, method: str, layers: Sequence[Layer]) -> onnx.ModelProto:
-    """A copy of the explainer ``model`` whose outputs are logits, resolved targets, the fused
-    ``[N, H, W]`` map of ``method`` over ``layers`` and each layer's raw ``[N, h, w]`` map."""
+def append_method(model: onnx.ModelProto, contract: Contract, method: str, layers: Sequence[Layer],
+                  kept: Sequence[str]) -> onnx.ModelProto:
+    """A copy of the (target) graph ``model`` whose outputs are ``kept``, the fused ``[rows, H, W]``
+    map of ``method`` over ``layers`` and each layer's raw ``[rows, h, w]`` map."""
     extended = onnx.ModelProto()
     extended.CopyFrom(model)
     graph = extended.graph
     outputs = {o.name: o for o in graph.output}
-    b = _Builder(graph)
+    b = _Builder(graph, "onnxcam_method")
     size = (int(contract.input_shape[1]), int(contract.input_shape[2]))
-    weights_of = WEIGHT_BUILDERS[method]
+    weights_of = get_method(method).graph_weights
     scaled = []
     for index, layer in enumerate(layers):
         weights = weights_of(b, layer.activation, layer.gradient, layer.cam_weight)
@@ -144,7 +93,7 @@ def append_method(model: onnx.ModelProto, contract: Contract, method: str, layer
     b.op("Identity", [_normalise(b, fused)], output=MAP)
 
     del graph.output[:]
-    graph.output.extend([outputs[LOGITS], outputs[RESOLVED_TARGET]])
+    graph.output.extend(outputs[name] for name in kept)
     graph.output.append(helper.make_tensor_value_info(MAP, TensorProto.FLOAT, ["rows", size[0], size[1]]))
     for index, layer in enumerate(layers):
         graph.output.append(helper.make_tensor_value_info(raw_map_name(index), TensorProto.FLOAT,

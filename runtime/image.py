@@ -134,6 +134,34 @@ def caption(image: np.ndarray, text: str) -> np.ndarray:
     return captioned
 
 
+def outline(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 255)) -> np.ndarray:
+    """A copy of RGB ``uint8 [H, W, 3]`` ``image`` with the outline of ``mask`` (``[h, w]``, > 0 inside;
+    resized to the image, nearest) drawn on it."""
+    height, width = image.shape[:2]
+    inside = (np.asarray(mask) > 0).astype(np.uint8)
+    if inside.shape != (height, width):
+        inside = cv2.resize(inside, (width, height), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(inside, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    drawn = np.ascontiguousarray(image).copy()
+    cv2.drawContours(drawn, contours, -1, colour, max(1, height // 150), cv2.LINE_8)
+    return drawn
+
+
+def inset(image: np.ndarray, thumbnail: np.ndarray, fraction: float = 0.25) -> np.ndarray:
+    """A copy of RGB ``uint8 [H, W, 3]`` ``image`` with ``thumbnail`` (RGB) in its bottom-right corner,
+    ``fraction`` of the image's width, framed in white."""
+    height, width = image.shape[:2]
+    side = max(8, int(width * fraction))
+    thumb_h = max(8, int(round(thumbnail.shape[0] * side / thumbnail.shape[1])))
+    thumb_h = min(thumb_h, height - 4)
+    small = cv2.resize(np.ascontiguousarray(thumbnail), (side, thumb_h), interpolation=cv2.INTER_AREA)
+    framed = np.ascontiguousarray(image).copy()
+    top, left = height - thumb_h - 2, width - side - 2
+    framed[top - 2:top + thumb_h + 2, left - 2:left + side + 2] = 255
+    framed[top:top + thumb_h, left:left + side] = small
+    return framed
+
+
 def attribution_image(attribution: np.ndarray, channel_order: str = "RGB") -> np.ndarray:
     """An input-space attribution ``[C, H, W]`` (guided backprop) as RGB ``uint8 [H, W, 3]``:
     standardised, scaled by 0.1 around grey and clipped, as pytorch-grad-cam's ``deprocess_image``."""

@@ -13,6 +13,8 @@ classes serve as oracles):
   (0) is the dataset's mean colour: ``image ⊙ map`` and deletion's baseline are 0 there;
 - the score of an image is the softmax probability of the explained class ``c`` (the class
   the map was made for), what pytorch-grad-cam's ``ClassifierOutputSoftmaxTarget`` returns;
+  for other target kinds (segmentation, similarity…) it is the target's own score, given
+  as a function of the model's outputs (``targets.Target.scorer``);
 - maps are ``[H, W]`` at input resolution in [0, 1] (``Explanation.maps``).
 """
 
@@ -24,7 +26,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from onnxcam.runtime.methods import softmax
+from onnxcam.runtime.methods.base import softmax
 
 METRICS = ("avg-drop", "increase", "deletion", "insertion", "road-morf", "road-lerf", "road")
 ROAD_METRICS = frozenset({"road-morf", "road-lerf", "road"})  # the ones that need scipy
@@ -39,7 +41,8 @@ ROAD_NEIGHBOURS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1
 RISE_BLUR_SIZE, RISE_BLUR_SIGMA = 11, 5.0  # RISE's insertion substrate: gkern(klen=11, nsig=5)
 DEFAULT_STEPS = 224  # RISE: 224 pixels per step on 224 × 224 inputs
 
-Forward = Callable[[np.ndarray], np.ndarray]  # float32 [N, C, H, W] → logits [N, classes]
+Forward = Callable[[np.ndarray], np.ndarray]  # float32 [N, C, H, W] → model outputs [N, *O]
+Scorer = Callable[[np.ndarray], np.ndarray]  # model outputs [B, *O] → one target's score [B]
 
 
 # --- scores -----------------------------------------------------------------------------------
@@ -50,6 +53,14 @@ def class_scores(forward: Forward, images: np.ndarray, classes: np.ndarray | int
     probabilities = softmax(np.asarray(forward(np.ascontiguousarray(images, dtype=np.float32)), dtype=np.float64))
     classes = np.broadcast_to(np.asarray(classes, dtype=np.int64), (len(probabilities),))
     return probabilities[np.arange(len(probabilities)), classes]
+
+
+def target_scores(forward: Forward, images: np.ndarray, target: int | Scorer) -> np.ndarray:
+    """One image's target scored on ``images`` ``[K, C, H, W]`` → ``[K]`` (float64): a class id's softmax
+    probability (:func:`class_scores`), or a scorer applied to the model's outputs."""
+    if callable(target):
+        return np.asarray(target(forward(np.ascontiguousarray(images, dtype=np.float32))), np.float64)
+    return class_scores(forward, images, target)
 
 
 # --- Average Drop % and Increase in Confidence % (Grad-CAM++) -----------------------------------
@@ -119,7 +130,7 @@ def auc(curves: np.ndarray) -> np.ndarray:
     return (curves.sum(axis=-1) - curves[..., 0] / 2 - curves[..., -1] / 2) / (curves.shape[-1] - 1)
 
 
-def causal_curve(forward: Forward, start: np.ndarray, finish: np.ndarray, map_: np.ndarray, target: int,
+def causal_curve(forward: Forward, start: np.ndarray, finish: np.ndarray, map_: np.ndarray, target: int | Scorer,
                  steps: int = DEFAULT_STEPS, chunk: int = 32) -> np.ndarray:
     """The class-``target`` probability along a RISE curve from ``start`` to ``finish`` (pixels moved in order
     of decreasing ``map_``), ``chunk`` images per ``forward`` call. Deletion: start = image, finish = 0;
@@ -127,7 +138,7 @@ def causal_curve(forward: Forward, start: np.ndarray, finish: np.ndarray, map_: 
     ``[C, H, W]`` × 2, ``[H, W]`` → ``[n + 1]``."""
     ranks = saliency_ranks(map_)
     counts = causal_steps(ranks.size, steps)
-    return np.concatenate([class_scores(forward, causal_images(start, finish, ranks, counts[i:i + chunk]), target)
+    return np.concatenate([target_scores(forward, causal_images(start, finish, ranks, counts[i:i + chunk]), target)
                            for i in range(0, len(counts), chunk)])
 
 
@@ -201,7 +212,7 @@ def noisy_linear_imputation(image: np.ndarray, missing: np.ndarray, noise: float
     return result
 
 
-def road_scores(forward: Forward, image: np.ndarray, map_: np.ndarray, target: int,
+def road_scores(forward: Forward, image: np.ndarray, map_: np.ndarray, target: int | Scorer,
                 percentiles: Sequence[float] = ROAD_PERCENTILES, noise: float = ROAD_NOISE,
                 rng: np.random.Generator | None = None) -> dict[str, float]:
     """ROAD for one image, as pytorch-grad-cam's ``ROADMostRelevantFirstAverage``, ``...LeastRelevantFirstAverage``
@@ -211,7 +222,7 @@ def road_scores(forward: Forward, image: np.ndarray, map_: np.ndarray, target: i
     rng = rng or np.random.default_rng()
     imputed = [noisy_linear_imputation(image, road_imputed_pixels(map_, p, most_relevant), noise, rng)
                for most_relevant in (True, False) for p in percentiles]
-    scores = class_scores(forward, np.stack([image, *imputed]), target)
+    scores = target_scores(forward, np.stack([image, *imputed]), target)
     changes = (scores[1:] - scores[0]).reshape(2, len(percentiles)).mean(axis=1)
     return {"road-morf": float(changes[0]), "road-lerf": float(changes[1]),
             "road": float((changes[1] - changes[0]) / 2)}
@@ -233,19 +244,28 @@ def evaluate_maps(forward: Forward, batch: np.ndarray, maps: np.ndarray, targets
                   percentiles: Sequence[float] = ROAD_PERCENTILES, noise: float = ROAD_NOISE, seed: int = 0,
                   progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """Every metric in ``metrics`` for each image: ``batch [N, C, H, W]`` (preprocessed), ``maps [N, H, W]``
-    in [0, 1], ``targets int [N]`` (the explained classes) → ``{metric: float64 [N]}``. The mean over images is
+    in [0, 1], ``targets``: the explained classes ``int [N]``, or one scorer per image (other target
+    kinds) → ``{metric: float64 [N]}``. The mean over images is
     the paper's figure (for ``avg-drop`` and ``increase`` it is the percentage). ``progress(1)`` after each image.
     ROAD's noise comes from ``numpy.random.default_rng(seed)``."""
     metrics = check_metrics(metrics)
     batch = np.asarray(batch, np.float32)
     maps = np.asarray(maps, np.float32)
-    targets = np.asarray(targets, np.int64)
-    if maps.shape != (batch.shape[0], *batch.shape[2:]) or targets.shape != batch.shape[:1]:
-        raise ValueError(f"maps {maps.shape} and targets {targets.shape} do not fit a batch of shape {batch.shape}")
+    scorers = isinstance(targets, (list, tuple)) and all(callable(t) for t in targets)
+    targets = list(targets) if scorers else np.asarray(targets, np.int64)
+    if maps.shape != (batch.shape[0], *batch.shape[2:]) or len(targets) != batch.shape[0] \
+            or (not scorers and targets.ndim != 1):
+        raise ValueError(f"maps {maps.shape} and targets {np.shape(targets) if not scorers else len(targets)} "
+                         f"do not fit a batch of shape {batch.shape}")
     results = {name: np.zeros(len(batch)) for name in metrics}
     if {"avg-drop", "increase"} & set(metrics):
-        full = class_scores(forward, batch, targets)
-        explained = class_scores(forward, multiply_by_maps(batch, maps), targets)
+        explained_images = multiply_by_maps(batch, maps)
+        if scorers:
+            full = np.array([target_scores(forward, batch[i:i + 1], t)[0] for i, t in enumerate(targets)])
+            explained = np.array([target_scores(forward, explained_images[i:i + 1], t)[0] for i, t in enumerate(targets)])
+        else:
+            full = class_scores(forward, batch, targets)
+            explained = class_scores(forward, explained_images, targets)
         if "avg-drop" in results:
             results["avg-drop"] = average_drop(full, explained)
         if "increase" in results:
@@ -253,9 +273,9 @@ def evaluate_maps(forward: Forward, batch: np.ndarray, maps: np.ndarray, targets
     rng = np.random.default_rng(seed)
     for i in range(len(batch)):
         for name, start, finish in _causal_ends(metrics, batch[i]):
-            results[name][i] = auc(causal_curve(forward, start, finish, maps[i], int(targets[i]), steps, chunk))
+            results[name][i] = auc(causal_curve(forward, start, finish, maps[i], _one(targets[i]), steps, chunk))
         if ROAD_METRICS & set(metrics):
-            for name, value in road_scores(forward, batch[i], maps[i], int(targets[i]), percentiles, noise, rng).items():
+            for name, value in road_scores(forward, batch[i], maps[i], _one(targets[i]), percentiles, noise, rng).items():
                 if name in results:
                     results[name][i] = value
         if progress is not None:
@@ -263,21 +283,39 @@ def evaluate_maps(forward: Forward, batch: np.ndarray, maps: np.ndarray, targets
     return results
 
 
+def _one(target):
+    return target if callable(target) else int(target)
+
+
 def evaluate_method(explainer, batch: np.ndarray, method: str, metrics: Sequence[str] = METRICS,
                     layers: Sequence[str | int] | None = None, steps: int = DEFAULT_STEPS, batch_size: int = 16,
-                    seed: int = 0, progress: Callable[[int], None] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``method``'s maps of ``batch [N, C, H, W]`` from ``explainer.explain`` (each image's top class, ``batch_size``
-    images per call), scored by :func:`evaluate_maps` with ``explainer.logits`` as the forward pass (onnxcam's
-    ``Explainer``). → (``{metric: [N]}``, the explained classes ``int64 [N]``)."""
-    explained = [explainer.explain(batch[i:i + batch_size], method=method, layers=layers)
-                 for i in range(0, len(batch), batch_size)]
+                    seed: int = 0, progress: Callable[[int], None] | None = None,
+                    target=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``method``'s maps of ``batch [N, C, H, W]`` from ``explainer.explain`` (``target``: any target, default
+    each image's top class; ``batch_size`` images per call), scored by :func:`evaluate_maps` with
+    ``explainer.forward`` as the forward pass (onnxcam's ``Explainer``). Class targets are scored by their
+    softmax probability, other kinds by their own score. → (``{metric: [N]}``, the explained classes
+    ``int64 [N]``, or the target scores where the kind has no classes)."""
+    chunks = [batch[i:i + batch_size] for i in range(0, len(batch), batch_size)]
+    explained = [explainer.explain(chunk, method=method, layers=layers, targets=target) for chunk in chunks]
     maps = np.concatenate([e.maps for e in explained])
-    targets = np.concatenate([e.targets for e in explained])
+    kind = explained[0].kind
+    if kind == "class":
+        targets = np.concatenate([e.targets for e in explained])
+        scored = targets
+    else:
+        chosen = explainer.target(target)
+        scored = []
+        for chunk, result in zip(chunks, explained):
+            feeds = chosen.feeds(explainer.contract, len(chunk))
+            scored += [chosen.scorer(i, feeds, result.targets, result.logits[i]) for i in range(len(chunk))]
+        targets = (np.concatenate([e.targets for e in explained]) if explained[0].targets is not None
+                   else np.concatenate([e.target_scores for e in explained]))
 
     def forward(images: np.ndarray) -> np.ndarray:
-        return explainer.logits(images, chunk=batch_size)
+        return explainer.forward(images, chunk=batch_size)
 
-    return evaluate_maps(forward, batch, maps, targets, metrics, steps=steps, chunk=batch_size, seed=seed,
+    return evaluate_maps(forward, batch, maps, scored, metrics, steps=steps, chunk=batch_size, seed=seed,
                          progress=progress), targets
 
 

@@ -18,22 +18,20 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxcam.runtime.contract import INPUT, TARGET
-
-_NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64}
+from onnxcam.runtime.providers import CPU, CUDA, with_options
 
 
-def fix_inputs(model: onnx.ModelProto, targets_shape: tuple[int, ...]) -> onnx.ModelProto:
-    """A copy of ``model`` whose inputs have fixed shapes: ``input`` ``[N, C, H, W]`` and
-    ``target`` of ``targets_shape`` (``[N]`` or ``[N, K]``); outputs are left to onnxruntime."""
+def fix_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose inputs have the fixed ``shapes`` (by input name); outputs are
+    left to onnxruntime."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     for value in fixed.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        sizes = targets_shape if value.name == TARGET else targets_shape[:1]
-        for dim, size in zip(dims, sizes):
+        if value.name not in shapes:
+            continue
+        for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name]):
             dim.Clear()
-            dim.dim_value = size
+            dim.dim_value = int(size)
     for value in fixed.graph.output:
         value.type.tensor_type.ClearField("shape")
     del fixed.graph.value_info[:]  # recorded with symbolic dimensions; onnxruntime infers them again
@@ -41,36 +39,34 @@ def fix_inputs(model: onnx.ModelProto, targets_shape: tuple[int, ...]) -> onnx.M
 
 
 class StaticRunner:
-    """One batch size of one graph: bound device buffers, optionally replayed as a CUDA graph."""
+    """One set of input shapes of one graph: bound device buffers, optionally replayed as a CUDA graph."""
 
-    def __init__(self, model: onnx.ModelProto, targets_shape: tuple[int, ...], output_names: Sequence[str],
+    def __init__(self, model: onnx.ModelProto, inputs: dict[str, np.ndarray], output_names: Sequence[str],
                  output_shapes: Sequence[Sequence[int]], cuda: bool):
-        fixed = fix_inputs(model, tuple(targets_shape))
-        batch = targets_shape[0]
+        """inputs: example arrays of every graph input (their shapes and dtypes are fixed);
+        output_shapes: the outputs' shapes for those inputs (bound buffers need fixed sizes, and
+        a plain run first would break CUDA-graph capture)."""
+        fixed = fix_inputs(model, {name: array.shape for name, array in inputs.items()})
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        from onnxcam.runtime.session import CPU, CUDA, with_options
-
         providers = with_options([CUDA], enable_cuda_graph="1") if cuda else [CPU]
         self.session = ort.InferenceSession(fixed.SerializeToString(), options, providers=providers)
         device = "cuda" if cuda else "cpu"
         self.output_names = list(output_names)
-        image_shape = [batch, *self.session.get_inputs()[0].shape[1:]]
-        self._input = ort.OrtValue.ortvalue_from_shape_and_type(image_shape, np.float32, device, 0)
-        self._target = ort.OrtValue.ortvalue_from_shape_and_type(list(targets_shape), np.int64, device, 0)
-        # bound buffers need fixed sizes; the caller knows them (a plain run first would break CUDA-graph capture)
+        self._inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(list(array.shape), array.dtype, device, 0)
+                        for name, array in inputs.items()}
         types = {o.name: o.type for o in self.session.get_outputs()}
         self._outputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(
                              list(shape), np.int64 if types[name] == "tensor(int64)" else np.float32, device, 0)
                          for name, shape in zip(self.output_names, output_shapes)}
         self._binding = self.session.io_binding()
-        self._binding.bind_ortvalue_input(INPUT, self._input)
-        self._binding.bind_ortvalue_input(TARGET, self._target)
+        for name, value in self._inputs.items():
+            self._binding.bind_ortvalue_input(name, value)
         for name, value in self._outputs.items():
             self._binding.bind_ortvalue_output(name, value)
 
-    def __call__(self, batch: np.ndarray, targets: np.ndarray) -> list[np.ndarray]:
-        self._input.update_inplace(batch)
-        self._target.update_inplace(targets)
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        for name, value in self._inputs.items():
+            value.update_inplace(np.ascontiguousarray(feeds[name]))
         self.session.run_with_iobinding(self._binding)
         return [self._outputs[name].numpy() for name in self.output_names]

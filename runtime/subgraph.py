@@ -10,57 +10,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from onnxcam.runtime.contract import INPUT, LOGITS, TARGET, ContractError
+from onnxcam.runtime import graphkit
+from onnxcam.runtime.contract import INPUT, LOGITS, OUTPUT, SEED, TARGET, ContractError
 
-
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {output: node for node in graph.node for output in node.output if output}
-
-
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing graph."""
-    names: set[str] = set()
-    for attribute in node.attribute:
-        graphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
-        for body in graphs:
-            produced = {o for n in body.node for o in n.output} | {i.name for i in body.input}
-            produced |= {i.name for i in body.initializer}
-            for inner in body.node:
-                names |= {i for i in inner.input if i and i not in produced}
-                names |= _subgraph_inputs(inner)
-    return names
-
-
-def needed_nodes(graph: onnx.GraphProto, outputs: Sequence[str], stop_at: Sequence[str] = ()) -> tuple[list[onnx.NodeProto], set[str]]:
-    """The nodes (in graph order) needed to compute ``outputs`` when the tensors in
-    ``stop_at`` are given, and the names the slice reads that no kept node produces
-    (graph inputs, initializers, or tensors in ``stop_at``)."""
-    producers = _producers(graph)
-    stop = set(stop_at)
-    keep: set[int] = set()
-    reads: set[str] = set()
-    pending = list(outputs)
-    seen: set[str] = set()
-    index_of = {id(node): i for i, node in enumerate(graph.node)}
-    while pending:
-        name = pending.pop()
-        if name in seen or not name:
-            continue
-        seen.add(name)
-        node = producers.get(name)
-        if name in stop or node is None:
-            reads.add(name)
-            continue
-        if index_of[id(node)] in keep:
-            continue
-        keep.add(index_of[id(node)])
-        pending.extend(node.input)
-        pending.extend(_subgraph_inputs(node))
-    return [graph.node[i] for i in sorted(keep)], reads
+needed_nodes = graphkit.needed_nodes
 
 
 def slice_model(model: onnx.ModelProto, outputs: Sequence[str], inputs: Sequence[onnx.ValueInfoProto]) -> onnx.ModelProto:
@@ -95,55 +51,53 @@ def _input_shape(graph: onnx.GraphProto) -> list[int]:
     return [d.dim_value for d in next(i for i in graph.input if i.name == INPUT).type.tensor_type.shape.dim[1:]]
 
 
+def output_name(model: onnx.ModelProto) -> str:
+    """The differentiated output: ``output`` (format 2) or ``logits`` (format 1)."""
+    names = {o.name for o in model.graph.output}
+    return OUTPUT if OUTPUT in names else LOGITS
+
+
 def forward_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The explainer graph's plain forward pass: ``input [N,C,H,W] → logits [N, classes]``
-    (one target an image, where the graph takes target lists)."""
+    """The explainer graph's plain forward pass: ``input [N,C,H,W] → output [N, …]`` (one target
+    an image)."""
     return tail_model(model, INPUT, _input_shape(model.graph))
 
 
-def tail_model(model: onnx.ModelProto, tail: str, shape: Sequence[int]) -> onnx.ModelProto:
-    """The model from a layer's output on: ``tail [B, *shape] → logits [B, classes]`` (Ablation-CAM).
+def _row_rest(graph: onnx.GraphProto, name: str, input_shape: list[int]) -> list[int]:
+    """The sizes after the batch axis of a row-defining graph input, as if each row were one
+    image with one target: ``input`` → ``[C, H, W]``, ``target`` → ``[1]``, ``seed`` → ``[1, *output]``."""
+    if name == INPUT:
+        return input_shape
+    value = next(i for i in graph.input if i.name == name)
+    return [1] + [int(d) for d in graphkit.value_dims(value)[2:]]
 
-    The rest of the model may read the graph's ``input`` and ``target`` for their shapes only
-    (the exporter's batch arithmetic, ``N·K`` rows): those ``Shape`` nodes are rewritten as if
-    the ``B`` rows were ``B`` images with one target each. Any other use of them means the
-    logits do not follow from the layer alone, and raises ``ContractError``.
+
+def tail_model(model: onnx.ModelProto, tail: str, shape: Sequence[int]) -> onnx.ModelProto:
+    """The model from a layer's output on: ``tail [B, *shape] → output [B, …]`` (Ablation-CAM).
+
+    The rest of the model may read the graph's ``input`` and ``seed`` (``target`` in format 1)
+    for their shapes only (the exporter's batch arithmetic, ``N·K`` rows): those ``Shape``
+    nodes are rewritten as if the ``B`` rows were ``B`` images with one target each. Any other
+    use of them means the output does not follow from the layer alone, and raises ``ContractError``.
     """
     graph = model.graph
-    nodes, reads = needed_nodes(graph, [LOGITS], stop_at=[tail, INPUT, TARGET])
-    input_shape = _input_shape(graph)
-    extra: list[onnx.NodeProto] = []
-    initializers: list[onnx.TensorProto] = []
-    rewritten: list[onnx.NodeProto] = []
-    for node in nodes:
-        read = [name for name in node.input if name in (INPUT, TARGET) and name != tail]
-        if not read:
-            rewritten.append(node)
-            continue
-        if node.op_type != "Shape":
-            raise ContractError(f"node {node.name or node.op_type} ({node.op_type}) reads {read[0]!r} after the layer")
-        prefix = f"onnxcam_tail/{len(extra)}"
-        rows = f"{prefix}/rows"
-        extra.append(helper.make_node("Shape", [tail], [rows], start=0, end=1))
-        rest = f"{prefix}/rest"
-        initializers.append(numpy_helper.from_array(
-            np.array(input_shape if node.input[0] == INPUT else [1], dtype=np.int64), rest))
-        full = f"{prefix}/full"
-        extra.append(helper.make_node("Concat", [rows, rest], [full], axis=0))
-        attributes = {a.name: a.i for a in node.attribute}
-        start, end = f"{prefix}/start", f"{prefix}/end"
-        initializers.append(numpy_helper.from_array(np.array([attributes.get("start", 0)], np.int64), start))
-        initializers.append(numpy_helper.from_array(np.array([attributes.get("end", 2 ** 62)], np.int64), end))
-        extra.append(helper.make_node("Slice", [full, start, end], [node.output[0]]))
-    if tail not in reads:
-        raise ContractError(f"the logits do not depend on {tail!r}")
-    sliced = onnx.ModelProto()
-    sliced.CopyFrom(model)
+    result = output_name(model)
+    row_inputs = [name for name in (INPUT, SEED, TARGET) if name != tail and any(i.name == name for i in graph.input)]
+    nodes, reads = needed_nodes(graph, [result], stop_at=[tail, *row_inputs])
+    sliced = graphkit.copy_model(model)
     del sliced.graph.node[:]
-    sliced.graph.node.extend(extra + rewritten)
-    sliced.graph.initializer.extend(initializers)
+    sliced.graph.node.extend(nodes)
     del sliced.graph.value_info[:]
+    b = graphkit.Builder(sliced.graph, "onnxcam_tail")
+    for name in row_inputs:
+        others = graphkit.rewrite_shape_reads(sliced.graph, name, tail, 1, _row_rest(graph, name, _input_shape(graph)), b)
+        if others:
+            node = others[0]
+            raise ContractError(f"node {node.name or node.op_type} ({node.op_type}) reads {name!r} after the layer")
+    if tail not in reads:
+        raise ContractError(f"the output does not depend on {tail!r}")
+    graphkit.toposort(sliced.graph)
     value = helper.make_tensor_value_info(tail, onnx.TensorProto.FLOAT, ["rows", *shape])
     if tail == INPUT:
         del sliced.graph.input[:]
-    return slice_model(sliced, [LOGITS], [value])
+    return slice_model(sliced, [result], [value])

@@ -48,3 +48,12 @@ def zoo(tmp_path_factory) -> ExportedZoo:
 def random_batch(architecture: str, count: int = 3, seed: int = 7) -> np.ndarray:
     size = input_size(architecture)
     return np.random.default_rng(seed).standard_normal((count, 3, size, size)).astype(np.float32)
+
+
+def one_hot_seed(classes, count: int) -> np.ndarray:
+    """The seed of class targets for a format 2 graph: ``[N, 1, count]`` with a 1 at each image's class
+    (``∂ logit[class] / ∂ logits``)."""
+    classes = np.asarray(classes, np.int64).reshape(-1)
+    seed = np.zeros((len(classes), 1, count), np.float32)
+    seed[np.arange(len(classes)), 0, classes] = 1
+    return seed

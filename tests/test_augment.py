@@ -26,7 +26,7 @@ import torchvision
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import skimage_photo
+from conftest import one_hot_seed, skimage_photo
 from onnxcam.export.augment import augment
 from onnxcam.export.layers import find_layer, to_feature_map
 from onnxcam.models.third_party import RECIPES
@@ -105,11 +105,12 @@ def test_gradients_match_torch_autograd(case, tmp_path):
     result = augment(tmp_path / "model.onnx", tmp_path / "explainer.onnx", layer="layer", logits="logits")
     session = ort.InferenceSession(str(tmp_path / "explainer.onnx"), providers=CPU)
     batch = np.random.default_rng(1).standard_normal((2, 3, size, size)).astype(np.float32)
-    names = ["logits", "resolved_target", "activation_0", "gradient_0"]
-    logits, targets, activation, gradient = session.run(names, {"input": batch, "target": np.array([-1, 3])})
+    names = ["output", "activation_0", "gradient_0"]
     with torch.no_grad():
-        assert np.abs(logits - model(torch.from_numpy(batch)).numpy()).max() <= 1e-4 * np.abs(logits).max()
-    assert list(targets) == [logits[0].argmax(), 3]
+        expected = model(torch.from_numpy(batch)).numpy()
+    targets = np.array([expected[0].argmax(), 3])  # the top class, and a fixed one
+    logits, activation, gradient = session.run(names, {"input": batch, "seed": one_hot_seed(targets, expected.shape[1])})
+    assert np.abs(logits - expected).max() <= 1e-4 * np.abs(logits).max()
     want_activation, want_gradient = torch_truth(model, layer, batch, targets)
     assert activation.shape == want_activation.shape == gradient.shape
     assert tuple(result.record["layers"][0]["shape"]) == activation.shape[1:]
@@ -141,7 +142,7 @@ def test_default_layer_is_the_input_of_global_pooling_with_cam_weights(resnet18_
     batch = np.random.default_rng(2).standard_normal((3, 3, 64, 64)).astype(np.float32)
     out = explainer.run(batch, np.array([-1, 5, 7]), ["resolved_target", "cam_weight_0"])
     fc = model.fc.weight.detach().numpy()
-    np.testing.assert_allclose(out["cam_weight_0"], fc[out["resolved_target"]], atol=1e-5)
+    np.testing.assert_allclose(out["cam_weight_0"], fc[out["resolved_target"].reshape(-1)], atol=1e-5)
 
 
 def test_gradcam_on_augmented_graph_matches_pytorch_grad_cam(tmp_path):
@@ -155,14 +156,14 @@ def test_gradcam_on_augmented_graph_matches_pytorch_grad_cam(tmp_path):
 
 
 def test_ablation_cam_and_top_k_on_an_augmented_graph(resnet18_layer4, tmp_path):
-    """The augmented graph records the model's tail (Ablation-CAM runs only it), and top-k on a graph
-    with one target an image resolves ranks from the logits, one call per rank."""
+    """The augmented graph records the model's tail (Ablation-CAM runs only it), and top-k explains
+    every rank in one call (each image's rows repeated at the input)."""
     from pytorch_grad_cam import AblationCAM
 
     model, path = resnet18_layer4
     augment(path, tmp_path / "explainer.onnx", logits="logits")
     explainer = Explainer(tmp_path / "explainer.onnx", providers="cpu")
-    assert explainer.contract.layers[0].tail is not None and not explainer.takes_target_lists
+    assert explainer.contract.layers[0].tail is not None and explainer.takes_target_lists
     batch = np.random.default_rng(6).standard_normal((2, 3, 64, 64)).astype(np.float32)
     result = explainer.explain(batch, method="ablationcam", targets=[-1, 4])
     assert_parity(result.maps, model, "resnet18", ["layer4"], "ablationcam", batch, result.targets, oracle=AblationCAM)
@@ -240,13 +241,19 @@ def test_dynamic_size_needs_size_and_bad_files_get_one_line(tmp_path):
     assert not (tmp_path / "j.onnx").exists()
 
 
-def test_models_that_are_not_image_classifiers_are_refused(tmp_path):
+def test_models_without_an_image_input_or_a_float_output_are_refused(tmp_path):
     no_head = small_classifier("Relu")
-    del no_head.graph.node[3:]  # ends at GlobalAveragePool: [N, 6, 1, 1] scores
+    del no_head.graph.node[3:]  # ends at GlobalAveragePool: a [N, 6, 1, 1] map, explainable as any output
     no_head.graph.output[0].CopyFrom(helper.make_tensor_value_info("pooled", TensorProto.FLOAT, None))
     onnx.save(no_head, tmp_path / "no_head.onnx")
-    assert_one_line_error(cli(tmp_path / "no_head.onnx", "-o", tmp_path / "e.onnx"),
-                          "logits 'pooled' have shape", "[N, classes]")
+    result = cli(tmp_path / "no_head.onnx", "-o", tmp_path / "pooled.onnx", "--layer", "conv_out")
+    assert result.exit_code == 0 and "output [6, 1, 1]" in result.output, result.output
+    indices = small_classifier("Relu")
+    indices.graph.node.append(helper.make_node("ArgMax", ["scores"], ["best"], axis=1, keepdims=0))
+    indices.graph.output[0].CopyFrom(helper.make_tensor_value_info("best", TensorProto.INT64, ["N"]))
+    onnx.save(indices, tmp_path / "argmax.onnx")
+    assert_one_line_error(cli(tmp_path / "argmax.onnx", "-o", tmp_path / "e.onnx"),
+                          "output 'best' has shape", "float outputs [N, …]")
     flat_input = helper.make_model(helper.make_graph(
         [helper.make_node("Relu", ["features"], ["scores"])], "tabular",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 10])],
@@ -314,14 +321,14 @@ def assert_gradient_matches_finite_differences(explainer: Explainer, source, bat
     element, at the six largest gradients of each image and at six random non-zero elements."""
     info = json_record(explainer)["augment"]
     tail = tail_session(source, info["layer_tensor"], info["logits_tensor"])
-    out = explainer.run(batch, np.full(len(batch), -1), ["activation_0", "gradient_0", "resolved_target", "logits"])
-    activation, gradient, targets = out["activation_0"], out["gradient_0"], out["resolved_target"]
+    out = explainer.run(batch, np.full(len(batch), -1), ["activation_0", "gradient_0", "resolved_target", "output"])
+    activation, gradient, targets = out["activation_0"], out["gradient_0"], out["resolved_target"].reshape(-1)
     rows = np.arange(len(batch))
     to_source = (lambda a: a.transpose(0, 2, 3, 1)) if nhwc else (lambda a: a)  # noqa: E731
     feeds = {i.name: to_source(batch) for i in tail.get_inputs() if i.name == info["source_input"]}
     score = lambda a: tail.run(None, {**feeds, info["layer_tensor"]: to_source(a)})[0][  # noqa: E731
         rows, targets].astype(np.float64)
-    np.testing.assert_allclose(score(activation), out["logits"][rows, targets], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(score(activation), out["output"][rows, targets], rtol=1e-5, atol=1e-5)
     flat = gradient.reshape(len(batch), -1)
     # exact zeros (ReLU / hard-swish saturation) tie inside max-pool windows: no derivative there
     strength = np.where(activation.reshape(len(batch), -1) != 0, np.abs(flat), -1)
@@ -343,7 +350,7 @@ def assert_gradient_matches_finite_differences(explainer: Explainer, source, bat
 
 
 def json_record(explainer: Explainer) -> dict:
-    return json.loads(explainer.session.get_modelmeta().custom_metadata_map["onnxcam"])
+    return json.loads(next(p.value for p in explainer.model.metadata_props if p.key == "onnxcam"))
 
 
 def assert_maps_usable(maps: np.ndarray) -> None:
@@ -372,7 +379,7 @@ def test_rapidocr_direction_classifier(text_lines, tmp_path, layer):
     output = tmp_path / "cls.onnx"
     result = cli("--recipe", "rapidocr-cls", "-o", output, *(["--layer", layer] if layer else []))
     assert result.exit_code == 0, result.output
-    assert "differentiated: logit (the input of the model's final Softmax)" in result.output
+    assert "output [2]: logit (the input of the model's final Softmax)" in result.output
     explainer = Explainer(output, providers="cpu")
     assert explainer.contract.preprocessing == {**recipe.preprocessing}
     assert explainer.contract.labels == ("0", "180")
@@ -393,7 +400,7 @@ def test_open_nsfw(tmp_path, layer):
         assert "the input of ReduceMean" in result.output and "[1024, 7, 7]" in result.output
     else:
         assert f"layer {layer!r} [512, 14, 14]" in result.output  # channels-last in the file
-    assert "differentiated: logit" in result.output and "JPEG" in result.stderr
+    assert "output [2]: logit" in result.output and "JPEG" in result.stderr
     explainer = Explainer(output, providers="cpu")
     record = json_record(explainer)
     assert record["augment"]["source_layout"] == "NHWC" and record["layers"][0]["reshape"] == "nhwc"

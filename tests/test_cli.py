@@ -122,7 +122,7 @@ def test_export_with_a_missing_layer(tmp_path):
 
 def test_export_of_an_unknown_architecture(tmp_path):
     result = run("export", "resnet5000", "-o", tmp_path / "x.onnx")
-    assert_one_line_error(result, r"'resnet5000' is not a torchvision classification model")
+    assert_one_line_error(result, r"'resnet5000' is not a torchvision classification or segmentation model")
 
 
 def test_cuda_request_never_falls_back_silently(tiny, photos, tmp_path):

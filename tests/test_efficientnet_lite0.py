@@ -96,7 +96,7 @@ def test_explainer_graph_matches_torch(model, exported):
     assert record["layers"][0]["cam_weight"] == "cam_weight_0"  # GAP + linear head found
 
     explainer = Explainer(path, providers="cpu")
-    assert "cam_weight_0" in {o.name for o in explainer.session.get_outputs()}
+    assert "cam_weight_0" in {o.name for o in explainer.model.graph.output}
     batch, _ = load_batch(PHOTOS, explainer.contract)
     np.testing.assert_array_equal(batch, preprocess(PHOTOS, recipe.preprocessing()))
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import one_hot_seed
 from onnxcam.export import export_explainer
 
 ACTIVATIONS = {
@@ -50,9 +51,9 @@ def gradient_check(model: nn.Module, tmp_path, size: int = 12):
     export_explainer(model, path, ["conv1"], (2, 3, size, size))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     batch = np.random.default_rng(0).standard_normal((3, 3, size, size)).astype(np.float32)
-    targets = np.array([-1, 1, 2])
-    logits, resolved, activation, gradient = session.run(None, {"input": batch, "target": targets[:, None]})
-    resolved = resolved[:, 0]
+    captured_logits = model(torch.from_numpy(batch)).detach().numpy()
+    resolved = np.array([captured_logits[0].argmax(), 1, 2])  # the top class, then two fixed ones
+    logits, activation, gradient = session.run(None, {"input": batch, "seed": one_hot_seed(resolved, 4)})
 
     captured = []
     model.conv1.register_forward_hook(lambda m, i, o: captured.append(o))

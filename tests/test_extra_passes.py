@@ -13,7 +13,7 @@ from pytorch_grad_cam import AblationCAM, ScoreCAM
 
 from conftest import random_batch
 from onnxcam.runtime import ContractError, Explainer
-from onnxcam.runtime.perturbation import ablation_values
+from onnxcam.runtime.methods.ablationcam import ablation_values
 from test_parity import assert_parity
 from zoo import tiny
 
@@ -79,10 +79,10 @@ def test_the_tail_reproduces_the_logits(zoo, architecture, layer):
     chosen = explainer.contract.layer(layer)
     assert chosen.tail is not None
     batch = random_batch(architecture, count=2, seed=1)
-    outputs = explainer.run(batch, np.full(2, -1), ["logits", chosen.tail["input"]])
+    outputs = explainer.run(batch, np.full(2, -1), ["output", chosen.tail["input"]])
     assert list(outputs[chosen.tail["input"]].shape[1:]) == chosen.tail["shape"]
     again = explainer.tail_forward(chosen)(outputs[chosen.tail["input"]])
-    np.testing.assert_allclose(again, outputs["logits"], rtol=1e-5, atol=1e-5 * np.abs(outputs["logits"]).max())
+    np.testing.assert_allclose(again, outputs["output"], rtol=1e-5, atol=1e-5 * np.abs(outputs["output"]).max())
     with torch.no_grad():
         expected = model(torch.from_numpy(batch)).numpy()
     np.testing.assert_allclose(explainer.logits(batch), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())

@@ -128,13 +128,13 @@ def test_static_batch_runners_give_the_same_maps(resnet18):
             np.testing.assert_allclose(result.logits, expected.logits, rtol=1e-6, atol=1e-6)
             for name, raw in expected.layer_maps.items():
                 np.testing.assert_allclose(result.layer_maps[name], raw, rtol=1e-5, atol=1e-6)
-    assert len(static._static) == 2 * 3  # one runner per (method, layers, batch size), reused
+    assert len(static.sessions._static) == 2 * 3  # one runner per (method, layers, batch size), reused
 
 
 def test_a_failing_static_runner_falls_back_to_the_dynamic_session(resnet18, monkeypatch):
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
-    from onnxcam.runtime import session as session_module
+    from onnxcam.runtime import sessions as session_module
 
     def refuse(*args, **kwargs):
         raise state.Fail("CUDA graph capture is not supported for this graph")

@@ -6,7 +6,7 @@ Same as `onnxcam bench`; see `python tools/bench.py --help`. Example (the README
     python tools/bench.py --model resnet50 --batch 1 --batch 8 --batch 64 --fp16
 """
 
-from onnxcam.runtime.cli import bench
+from onnxcam.runtime.cli.bench import command as bench
 
 if __name__ == "__main__":
     bench()

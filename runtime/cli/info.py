@@ -1,0 +1,61 @@
+"""``onnxcam info``: what an explainer graph holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("info")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw metadata record as JSON.")
+def command(model: Path, as_json: bool) -> None:
+    """Print what the explainer graph MODEL holds: inputs, output, target kinds, layers, preprocessing, labels."""
+    from onnxcam.runtime.explainer import Explainer
+    from onnxcam.runtime.providers import open_session
+    from onnxcam.runtime.targets import KINDS
+
+    explainer = Explainer(model, providers="cpu")
+    contract = explainer.contract
+    if as_json:
+        click.echo(next(p.value for p in explainer.model.metadata_props if p.key == "onnxcam"))
+        return
+    session = open_session(explainer.model.SerializeToString(), ["CPUExecutionProvider"], what=str(model))
+    click.echo(f"{model}")
+    click.echo(f"  architecture: {contract.architecture or 'unknown'}   precision: {contract.precision}   "
+               f"exporter: {contract.exporter}   format: {contract.version}")
+    click.echo("  inputs:")
+    for item in session.get_inputs():
+        click.echo(f"    {item.name:<18} {item.type:<22} {item.shape}")
+    click.echo("  outputs:")
+    for item in session.get_outputs():
+        click.echo(f"    {item.name:<18} {item.type:<22} {item.shape}")
+    output = contract.output
+    source = f" (model output {output.source!r})" if output.source else ""
+    click.echo(f"  explained output: [N, {', '.join(map(str, output.shape))}]{source}, {output.score}"
+               + (f"; {output.classes} classes" if output.classes else ""))
+    if contract.seeded:
+        fitting = [name for name, kind in KINDS.items() if kind.accepts(output.shape)]
+        click.echo(f"  target kinds: {', '.join(fitting)} (chosen at explain time with --target)")
+        click.echo("  targets: a list per image, explained in one call (--top-k)")
+    else:
+        click.echo("  target kinds: class only (format 1; re-export for the others)")
+        click.echo("  targets: " + ("a list per image, explained in one call (--top-k)" if explainer.takes_target_lists
+                                    else "one per image (--top-k makes one call per rank)"))
+    click.echo("  input gradients: " + (", ".join(contract.input_gradients) or
+                                        "none (re-export with --input-gradient for saliency / guided backprop)"))
+    click.echo("  layers:")
+    for index, layer in enumerate(contract.layers):
+        missing = [name for name, absent in (("cam", not layer.cam_weight), ("ablationcam", not layer.tail)) if absent]
+        methods_ = "all" + (f" but {', '.join(missing)}" if missing else "")
+        click.echo(f"    [{index}] {layer.name}  [C,h,w]={list(layer.shape)}  reshape={layer.reshape}  methods: {methods_}")
+    pre = contract.preprocessing
+    resize = f"resize shorter side to {pre['resize']}, centre-crop" if pre.get("resize") else "resize to"
+    click.echo(f"  preprocessing: {resize} {pre['size'][0]}x{pre['size'][1]}, {pre.get('channel_order', 'RGB')}, "
+               f"/{pre.get('scale', 255)}, mean {pre.get('mean')}, std {pre.get('std')}")
+    if contract.labels:
+        shown = ", ".join(contract.labels[:5])
+        click.echo(f"  labels: {len(contract.labels)} ({shown}, …)")
+    else:
+        click.echo("  labels: none (classes are shown by id)")

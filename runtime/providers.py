@@ -1,0 +1,89 @@
+"""onnxruntime sessions: which execution providers, and opening a session on exactly them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import onnx
+import onnxruntime as ort
+
+from onnxcam.runtime.contract import ContractError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+PROVIDER_ALIASES = {"cuda": CUDA, "gpu": CUDA, "cpu": CPU}
+
+
+class ProviderError(RuntimeError):
+    """An execution provider that was asked for is not available."""
+
+
+def resolve_providers(providers: str | Sequence[str] | None = None) -> list[str]:
+    """onnxruntime provider names to use.
+
+    ``None`` or ``"auto"``: CUDA when this onnxruntime offers it, else CPU. ``"cuda"`` /
+    ``"cpu"`` or full provider names: exactly those, and an error if one is missing —
+    never a silent fallback when CUDA was asked for.
+    """
+    available = ort.get_available_providers()
+    if providers is None or providers == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    if isinstance(providers, str):
+        providers = [providers]
+    wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
+    for name in wanted:
+        if name not in available:
+            hint = (" Install the GPU build: pip install 'onnxcam[gpu]' (onnxruntime-gpu in place of onnxruntime), "
+                    "or pass --provider cpu." if name == CUDA else "")
+            raise ProviderError(
+                f"execution provider {name} is not available in this onnxruntime "
+                f"(available: {', '.join(available)}).{hint}"
+            )
+    if CUDA in wanted and CPU not in wanted:
+        wanted.append(CPU)  # for the few ops CUDA lacks; CUDA still runs the graph
+    return wanted
+
+
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """The exception types onnxruntime raises from session creation and runs."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (state.Fail, state.RuntimeException, state.InvalidGraph, state.NotImplemented, state.InvalidArgument)
+
+
+def read_model(path: str | Path) -> onnx.ModelProto:
+    """The ONNX model at ``path``, or a one-line error saying why it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; give the path of an exported explainer .onnx")
+    try:
+        return onnx.load(str(path))
+    except Exception as error:  # protobuf and onnx raise assorted types for a corrupt file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ContractError(f"{path}: not an ONNX model ({reason})") from None
+
+
+def with_options(providers: Sequence[str], **cuda_options: str) -> list:
+    """Provider list for onnxruntime: CUDA in exact float32 (``use_tf32=0``: with TensorFloat-32,
+    onnxruntime's default, activations of a random ResNet-50 moved 4% and maps up to 0.3 on an H100)
+    plus ``cuda_options``."""
+    return [(CUDA, {"use_tf32": "0", **cuda_options}) if name == CUDA else name for name in providers]
+
+
+def open_session(model: str | Path | bytes, providers: Sequence[str], what: str = "model") -> ort.InferenceSession:
+    """An ``InferenceSession`` on exactly ``providers``; refuses a silent CUDA → CPU fallback."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                       sess_options=options, providers=with_options(providers))
+    except Exception as error:  # onnxruntime raises its own exception types
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ContractError(f"{what}: onnxruntime cannot load this file as an ONNX model ({first_line})") from None
+    if CUDA in providers and CUDA not in session.get_providers():
+        raise ProviderError(
+            f"{what}: CUDA was asked for but onnxruntime could not start it (CUDA or cuDNN libraries missing?); "
+            "check `python -c \"import onnxruntime; onnxruntime.preload_dlls()\"`, or pass --provider cpu"
+        )
+    return session
