@@ -1,11 +1,11 @@
-"""CAM methods as ONNX nodes appended to the explainer graph, so maps are made where the data lives.
+"""CAM methods as ONNX nodes appended to a target graph, so maps are made where the data lives.
 
-The performance model (docs/explainer-graph.md, "How the runtime runs it"): copying full activations and gradients to the host and
-reducing them in numpy costs more than the backward itself. For the methods here, the
-runtime appends the method to the explainer graph (weights, weighted sum, ReLU,
-min-max, resize to the input, fusion over layers) and fetches only ``[N, H, W]`` maps,
-logits and targets. The formulas are those of ``methods.py`` (the numpy reference,
-which the tests hold both paths to); methods without a builder here run in numpy.
+The performance model (docs/explainer-graph.md, "How the runtime runs it"): copying full
+activations and gradients to the host and reducing them in numpy costs more than the
+backward itself. For a method whose file defines ``graph_weights`` (``methods/``), the
+runtime appends the shared steps here (weighted sum, ReLU, min-max, resize to the input,
+fusion over layers) and fetches only ``[N, H, W]`` maps and the per-target outputs. The
+tests hold this path and the numpy one (each method's own formula) to pytorch-grad-cam.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Small numpy functions, one per metric, plus :func:`evaluate_maps`, which perturbs a batch
 as each metric says and runs the perturbed images through a ``forward`` callable (in
-onnxcam: ``Explainer.logits``, forward passes on onnxruntime, no backward). The maps come
+onnxcam: ``Explainer.forward``, forward passes on onnxruntime, no backward). The maps come
 from ``Explainer.explain``. Nothing here imports torch; ROAD's sparse solve imports scipy
 when it runs.
 
