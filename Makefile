@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 OUT    ?= demo-out
 PHOTOS  = $(shell $(BIN)/python -c "import os, skimage; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))")
 
-.PHONY: demo demo-augment test install clean gallery
+.PHONY: demo demo-augment test install clean gallery targets-gallery
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ gallery: install
 		-m saliency -m guided-backprop -m guided-gradcam
 	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0-gradients.onnx $(PHOTOS)/chelsea.png --out docs/gallery \
 		--top-k 3 -m gradcam
+
+# one overlay per target kind on real photos, for the README's Targets section
+targets-gallery: install
+	$(BIN)/python tools/targets_gallery.py --out docs/targets
 
 test: install
 	$(BIN)/python -m pytest

@@ -159,7 +159,7 @@ class Explainer:
             return self._explain_augmented(batch, spec, target, chosen, eigen_smooth)
         feeds = target.feeds(self.contract, len(batch))
         rows_input = next(iter(feeds.values()))
-        per_image_axis = _per_image_axis(target, targets, top_k)
+        per_image_axis = _per_image_axis(target, targets, top_k) or rows_input.shape[1] > 1
         if not self.takes_target_lists and (rows_input.shape[1] > 1 or (rows_input < -1).any()):
             result = self._explain_columns(batch, spec, rows_input, chosen, eigen_smooth)
         elif self.postprocess == "graph" and spec.graph_weights is not None and not eigen_smooth:

@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxcam.runtime.contract import Contract, Layer
+from onnxcam.runtime import graphkit
 from onnxcam.runtime.graphkit import Builder as _Builder
 from onnxcam.runtime.methods import EPSILON_NORMALISE, get_method
 
@@ -82,7 +83,7 @@ def append_method(model: onnx.ModelProto, contract: Contract, method: str, layer
     weights_of = get_method(method).graph_weights
     scaled = []
     for index, layer in enumerate(layers):
-        weights = weights_of(b, layer.activation, layer.gradient, layer.cam_weight)
+        weights = weights_of(b, layer.activation, layer.gradient, layer.cam_weight, (layer.shape[1], layer.shape[2]))
         raw = _weighted_sum(b, weights, layer, raw_map_name(index))
         scaled.append(_resize(b, _normalise(b, b.op("Relu", [raw])), size))
     if len(scaled) == 1:
@@ -98,4 +99,5 @@ def append_method(model: onnx.ModelProto, contract: Contract, method: str, layer
     for index, layer in enumerate(layers):
         graph.output.append(helper.make_tensor_value_info(raw_map_name(index), TensorProto.FLOAT,
                                                           ["rows", layer.shape[1], layer.shape[2]]))
+    graphkit.prune(graph)  # what the maps do not need (a gradient whose mean was pushed through its convolution)
     return extended

@@ -85,16 +85,33 @@ def ancestors(graph: onnx.GraphProto, name: str) -> set[str]:
     return {o for n in nodes for o in n.output} | reads | {name}
 
 
-def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    """The value of an initializer or ``Constant`` node output, else None."""
+def constant_value(graph: onnx.GraphProto, name: str, fold: int = 0) -> np.ndarray | None:
+    """The value of an initializer or ``Constant`` node output, else None. With ``fold`` > 0, also
+    of a tensor computed from constants alone by at most ``fold`` nodes (an exported backward's
+    flipped convolution weight, say), evaluated with onnx's reference evaluator."""
     for tensor in graph.initializer:
         if tensor.name == name:
             return numpy_helper.to_array(tensor)
     node = producers(graph).get(name)
-    if node is not None and node.op_type == "Constant" and node.attribute \
-            and node.attribute[0].name == "value":
+    if node is None:
+        return None
+    if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
         return numpy_helper.to_array(node.attribute[0].t)
-    return None
+    if fold <= 0:
+        return None
+    nodes, reads = needed_nodes(graph, [name])
+    weights = {t.name: t for t in graph.initializer}
+    if len(nodes) > fold or not reads <= set(weights) or any(subgraph_inputs(n) for n in nodes):
+        return None
+    from onnx.reference import ReferenceEvaluator
+
+    sliced = helper.make_graph(nodes, "constant", [], [helper.make_empty_tensor_value_info(name)],
+                               initializer=[weights[r] for r in reads])
+    model = helper.make_model(sliced, opset_imports=[helper.make_opsetid("", 18)])
+    try:
+        return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+    except Exception:  # an op the reference evaluator lacks: not foldable here
+        return None
 
 
 def value_dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
@@ -235,3 +252,78 @@ def prune(graph: onnx.GraphProto, inputs: bool = False) -> None:
         kept_inputs = [i for i in graph.input if i.name in used]
         del graph.input[:]
         graph.input.extend(kept_inputs)
+
+
+# -- reductions pushed through the nodes that produce a tensor ------------------------------------
+def spatial_mean(b: Builder, tensor: str, size: Sequence[int]) -> str:
+    """``[R, C, 1, 1]``: the mean of ``tensor`` ``[R, C, H, W]`` (``size`` = ``(H, W)``) over its
+    spatial axes, computed without ``tensor`` itself where it is the output of a stride-1
+    convolution (plain or transposed, constant weight; as a layer's gradient usually is), a sum of
+    such, or a broadcast of a ``[R, C, 1, 1]`` tensor: the mean of a convolution is a sum, over
+    the kernel's taps, of the weight times a window sum of its input. So Grad-CAM's weights
+    need no full backward through the last convolution (a segmentation head's 3×3, an
+    ASPP). Elsewhere it is a ``ReduceMean``."""
+    pushed = _pushed_sum(b, tensor, tuple(int(s) for s in size))
+    if pushed is None:
+        return b.op("ReduceMean", [tensor, b.ints([2, 3])], keepdims=1)
+    return b.op("Unsqueeze", [b.op("Mul", [pushed, b.const(1.0 / (size[0] * size[1]))]), b.ints([2, 3])])
+
+
+def _pushed_sum(b: Builder, tensor: str, size: tuple[int, int]) -> str | None:
+    """``[R, C]``: the spatial sum of ``tensor``, or None where its producer is not understood."""
+    node = producers(b.graph).get(tensor)
+    if node is None:
+        return None
+    if node.op_type == "Identity":
+        return _pushed_sum(b, node.input[0], size)
+    if node.op_type == "Add" and constant_value(b.graph, node.input[0]) is None \
+            and constant_value(b.graph, node.input[1]) is None:
+        parts = [_pushed_sum(b, name, size) for name in node.input]
+        return None if None in parts else b.op("Add", parts)
+    if node.op_type in ("Conv", "ConvTranspose"):
+        return _convolution_sum(b, node, size)
+    return None
+
+
+def _convolution_sum(b: Builder, node: onnx.NodeProto, size: tuple[int, int]) -> str | None:
+    """The spatial sum of a stride-1, group-1 (transposed) convolution's output of ``size``:
+    ``Σ_taps W_tap · (window sum of the input)``, one MatMul over the concatenated window sums."""
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    weight = constant_value(b.graph, node.input[1], fold=16)
+    if weight is None or weight.ndim != 4 or attributes.get("group", 1) != 1 \
+            or any(s != 1 for s in attributes.get("strides", [1, 1])) \
+            or attributes.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in attributes:
+        return None
+    transposed = node.op_type == "ConvTranspose"
+    kernel = weight.shape[2:]
+    dilations = list(attributes.get("dilations", [1, 1]))
+    pads = list(attributes.get("pads", [0, 0, 0, 0]))
+    extra = list(attributes.get("output_padding", [0, 0])) if transposed else [0, 0]
+    reach = [d * (k - 1) for d, k in zip(dilations, kernel)]
+    # the input's size, from the output's (stride 1)
+    inputs = [o - r + pads[a] + pads[a + 2] - e if transposed else o + r - pads[a] - pads[a + 2]
+              for a, (o, r, e) in enumerate(zip(size, reach, extra))]
+    sums, blocks = [], []
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            bounds = []
+            for a, tap in enumerate((i, j)):
+                # the input positions this tap carries into an output position in [0, size)
+                low = pads[a] - tap * dilations[a] if transposed else tap * dilations[a] - pads[a]
+                bounds.append((max(0, low), min(inputs[a], size[a] + low)))
+            if any(start >= stop for start, stop in bounds):
+                continue
+            window = b.op("Slice", [node.input[0], b.ints([bounds[0][0], bounds[1][0]]),
+                                    b.ints([bounds[0][1], bounds[1][1]]), b.ints([2, 3])])
+            sums.append(b.op("ReduceSum", [window, b.ints([2, 3])], keepdims=0))  # [R, C_in]
+            tap = weight[:, :, i, j]  # Conv: [C_out, C_in]; ConvTranspose: [C_in, C_out]
+            blocks.append(tap if transposed else tap.T)  # → [C_in, C_out]
+    if not sums:
+        return None
+    total = b.op("MatMul", [b.op("Concat", sums, axis=1), b.const(np.concatenate(blocks, axis=0))])
+    if len(node.input) > 2 and node.input[2]:
+        bias = constant_value(b.graph, node.input[2], fold=16)
+        if bias is None:
+            return None
+        total = b.op("Add", [total, b.const(bias * (size[0] * size[1]))])
+    return total

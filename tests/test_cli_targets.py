@@ -96,8 +96,10 @@ def test_segmentation_overlay_shows_the_masks_outline(segmenter, tmp_path):
     padded = np.pad(mask, 1)
     border = mask.astype(bool) & (cv2.erode(padded, np.ones((3, 3), np.uint8))[1:-1, 1:-1] == 0)
     near_border = cv2.dilate(border.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    assert changed.any() and not (changed & ~near_border).any()  # only the outline is drawn
-    assert (drawn[border] == 255).all(axis=1).mean() > 0.5  # in white
+    # only the outline is drawn, in white (this mask comes from a forward session, the CLI's from the
+    # explain session: a pixel whose two best classes tie within float32 noise may go either way)
+    assert changed.any() and (changed & ~near_border).sum() <= 0.01 * changed.sum()
+    assert (drawn[border] == 255).all(axis=1).mean() > 0.5
 
 
 def test_segmentation_with_a_mask_file(segmenter, tmp_path):

@@ -90,13 +90,15 @@ def test_segmentation_matches_semantic_segmentation_target(architecture, method)
     with torch.no_grad():
         out = Out(model)(torch.from_numpy(batch)).numpy()
     np.testing.assert_allclose(result.logits, out, rtol=1e-3, atol=1e-3 * np.abs(out).max())
-    labels = out.argmax(axis=1)
+    # the own masks and ranks, transcribed in numpy from the graph's output (a pixel whose two best
+    # classes tie within float32 noise could go either way in torch's output; the oracle gets the same masks)
+    labels = result.logits.argmax(axis=1)
     counts = np.stack([np.bincount(l.ravel(), minlength=6) for l in labels])
     expected_classes = [np.argsort(-counts[i], kind="stable")[i] for i in range(3)]
     assert result.targets.tolist() == expected_classes
     masks = [(labels[i] == c).astype(np.float32) for i, c in enumerate(result.targets)]
-    np.testing.assert_allclose(result.target_scores, [(out[i, c] * masks[i]).sum() for i, c in enumerate(result.targets)],
-                               rtol=1e-3)
+    expected_scores = [(result.logits[i, c].astype(np.float64) * masks[i]).sum() for i, c in enumerate(result.targets)]
+    np.testing.assert_allclose(result.target_scores, expected_scores, rtol=1e-4)
     assert all(result.maps[i].max() > 0.99 for i in range(3))  # no zero maps (pytorch-grad-cam's #264)
 
     def oracle(double):
@@ -297,7 +299,9 @@ def test_seeds_are_the_gradients_of_the_scores(embedder):
     output, seed = session.run(["output", "seed"], {"input": batch, **feeds})
     embedding = torch.from_numpy(output.astype(np.float64)).requires_grad_(True)
     torch.nn.functional.cosine_similarity(embedding, torch.from_numpy(concept).double()[None], dim=1).sum().backward()
-    np.testing.assert_allclose(seed.reshape(2, -1), embedding.grad.numpy(), rtol=1e-4, atol=1e-9)
+    expected = embedding.grad.numpy()
+    error = np.abs(seed.reshape(2, -1) - expected).max() / np.abs(expected).max()
+    assert error <= 1e-5, error  # float32 arithmetic on 2048 values (measured: 8.7e-8); a wrong seed is off by ~1
 
 
 # -- every kind: in-graph score = numpy scorer -------------------------------------------------------
@@ -313,7 +317,7 @@ def test_in_graph_scores_match_the_numpy_scorers(zoo):
         for r in range(len(rows)):
             image = r // per_image
             scorer = target.scorer(r, feeds, result.targets, result.logits[image])
-            np.testing.assert_allclose(scorer(result.logits[image:image + 1])[0], rows[r], rtol=1e-5)
+            np.testing.assert_allclose(scorer(result.logits[image:image + 1])[0], rows[r], rtol=1e-4)
 
 
 # -- format 1 graphs keep working --------------------------------------------------------------------

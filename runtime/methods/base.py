@@ -51,8 +51,8 @@ class Method:
 
     weights: ``(activation, gradient, cam_weight) → [N, C]``; contributions: the same →
     ``[N, C, h, w]``; projection: ``[N, C, h, w] → [N, h, w]`` instead of the channel sum;
-    graph_weights: the weights as ONNX nodes (``(builder, activation, gradient, cam_weight)
-    → name of [N, C, 1, 1]``), so the runtime can compute the map inside the graph;
+    graph_weights: the weights as ONNX nodes (``(builder, activation, gradient, cam_weight,
+    (h, w)) → name of [N, C, 1, 1]``), so the runtime can compute the map inside the graph;
     passes: ``(Passes, layer) → [R, C]`` weights from extra forward passes.
     """
 

@@ -15,7 +15,7 @@ def weights(activation: np.ndarray, gradient: np.ndarray | None, cam_weight: np.
     return cam_weight
 
 
-def graph_weights(b, activation: str, gradient: str | None, cam_weight: str | None) -> str:
+def graph_weights(b, activation: str, gradient: str | None, cam_weight: str | None, size=None) -> str:
     """``[N, C, 1, 1]``: the head's weight row of the target."""
     return b.op("Unsqueeze", [cam_weight, b.ints([2, 3])])
 

@@ -20,7 +20,7 @@ def weights(activation: np.ndarray, gradient: np.ndarray, cam_weight: np.ndarray
     return (np.maximum(gradient, 0) * alpha).sum(axis=(2, 3))
 
 
-def graph_weights(b, activation: str, gradient: str | None, cam_weight: str | None) -> str:
+def graph_weights(b, activation: str, gradient: str | None, cam_weight: str | None, size=None) -> str:
     """``[N, C, 1, 1]``, the same formula as ONNX nodes."""
     axes = b.ints([2, 3])
     grad_2 = b.op("Mul", [gradient, gradient])
