@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
 from onnxcam.runtime import methods
 from onnxcam.runtime.contract import INPUT, Contract, ContractError, InputError, Layer, parse_metadata
 from onnxcam.runtime.explanation import Explanation, stack_columns

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
-
 from onnxcam.runtime import graphkit
 from onnxcam.runtime.contract import LOGITS, RESOLVED_TARGET, SEED, TARGET, TARGET_SCORE, Contract, ContractError
 from onnxcam.runtime.targets import ClassTarget, Target

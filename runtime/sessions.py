@@ -11,7 +11,6 @@ from typing import Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
-
 from onnxcam.runtime import graph_methods, graphs, subgraph
 from onnxcam.runtime.contract import INPUT, LOGITS, RESOLVED_TARGET, TARGET, Contract, ContractError, Layer
 from onnxcam.runtime.explanation import Explanation

@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
-from onnxcam.runtime.contract import Contract
-from onnxcam.runtime.contract import InputError
+from onnxcam.runtime.contract import Contract, InputError
 from onnxcam.runtime.targets.base import Scorer, Seeded, Target
-from onnxcam.runtime.targets.binary import BinaryTarget, parse_category
+from onnxcam.runtime.targets.binary import BinaryTarget
 from onnxcam.runtime.targets.classes import ClassTarget
 from onnxcam.runtime.targets.output import OutputTarget
-from onnxcam.runtime.targets.segmentation import SegmentationTarget, load_mask
+from onnxcam.runtime.targets.segmentation import SegmentationTarget
 from onnxcam.runtime.targets.similarity import SimilarityTarget
 from onnxcam.runtime.targets.softmax import SoftmaxTarget
 
@@ -74,46 +72,15 @@ def as_target(targets, contract: Contract, top_k: int | None = None) -> Target:
 
 
 def parse(text: str | None, contract: Contract, embed: Callable[[Path], np.ndarray] | None = None) -> Target:
-    """The CLI's ``--target`` text as a Target (see each kind's ``syntax``); None → the default kind.
-    ``embed``: the model's embedding of a reference image, for ``similarity:IMAGE``."""
+    """The CLI's ``--target`` text as a Target: ``KIND:TEXT`` (each kind's ``syntax``), or a bare class
+    (``281``, ``tabby``, ``-2``) of the output's default kind; None → the default kind. ``embed``:
+    the model's embedding of a reference image, for ``similarity:IMAGE``."""
     if text is None:
         return default_target(contract)
     kind_name, separator, rest = text.partition(":")
-    if not separator or kind_name.lstrip("-").isdigit() or kind_name not in KINDS:
-        if separator and kind_name not in KINDS and not kind_name.lstrip("-").isdigit():
+    if not separator or kind_name not in KINDS:
+        if separator and not kind_name.lstrip("-").isdigit():
             raise InputError(f"unknown target kind {kind_name!r}; choose one of {', '.join(KINDS)} "
-                              "(e.g. --target class:281, --target segmentation:15)")
-        kind = default_target(contract)
-        kind_name, rest = kind.name, text
-    if kind_name in ("class", "softmax"):
-        return KINDS[kind_name](classes=contract.class_id(rest))
-    if kind_name == "binary":
-        return BinaryTarget(category=parse_category(rest))
-    if kind_name == "output":
-        return OutputTarget(selection=rest)
-    if kind_name == "segmentation":
-        class_text, _, mask_path = rest.partition(":")
-        masks = load_mask(Path(mask_path), contract.preprocessing) if mask_path else None
-        return SegmentationTarget(classes=contract.class_id(class_text), masks=masks)
-    if kind_name == "similarity":
-        return _similarity(Path(rest), embed)
-    raise InputError(f"unknown target kind {kind_name!r}; choose one of {', '.join(KINDS)}")
-
-
-def _similarity(path: Path, embed) -> SimilarityTarget:
-    if not path.is_file():
-        raise InputError(f"{path}: no such file; a similarity target needs a reference image or a .npy vector")
-    if path.suffix.lower() == ".npy":
-        try:
-            vector = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as error:
-            raise InputError(f"{path}: not a readable .npy array ({error}); save the vector with numpy.save") from None
-        vector = np.asarray(vector, np.float32)
-        if vector.ndim != 1:
-            raise InputError(f"{path}: a concept vector must be 1-D [D], got shape {tuple(vector.shape)}")
-        return SimilarityTarget(concept=vector, concept_name=path.stem)
-    if embed is None:
-        raise InputError("a reference image needs the model to embed it; pass a .npy vector instead")
-    from onnxcam.runtime.image import load_image
-
-    return SimilarityTarget(concept=embed(path), concept_name=path.stem, thumbnail=load_image(path))
+                             "(e.g. --target class:281, --target segmentation:15)")
+        kind_name, rest = default_target(contract).name, text
+    return KINDS[kind_name].parse(rest, contract, embed)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import numpy as np
-
 from onnxcam.runtime.contract import Contract, ContractError, InputError
 from onnxcam.runtime.graphkit import Builder
 
@@ -53,6 +52,12 @@ class Target:
     def accepts(cls, shape: tuple[int, ...]) -> bool:
         """Whether the kind can read an output of ``shape`` (without the batch)."""
         return cls.output_ranks is None or len(shape) in cls.output_ranks
+
+    @classmethod
+    def parse(cls, text: str, contract: Contract, embed=None) -> "Target":
+        """The target the CLI's ``--target KIND:TEXT`` names (``embed``: the model's embedding of an
+        image file, for kinds that take a reference image)."""
+        raise NotImplementedError
 
     def fits(self, contract: Contract) -> None:
         """A ``ContractError`` or ``InputError`` (one line: what, and what to do) where the target

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from onnxcam.runtime.contract import TARGET, Contract
+from onnxcam.runtime.contract import TARGET, Contract, InputError
 from onnxcam.runtime.graphkit import Builder
-from onnxcam.runtime.targets.base import Seeded, Target, InputError, as_seed, per_image_array, require_rank, rows_of
+from onnxcam.runtime.targets.base import Seeded, Target, as_seed, per_image_array, require_rank, rows_of
 
 CATEGORIES = {"positive": 1, "pos": 1, "1": 1, "negative": 0, "neg": 0, "0": 0, "predicted": -1, "-1": -1}
 
@@ -30,6 +29,13 @@ class BinaryTarget(Target):
     summary = "a one-logit (sigmoid) output: +logit for the positive class, -logit for the negative"
     has_classes = True
     output_ranks = (1,)
+
+    @classmethod
+    def parse(cls, text, contract, embed=None):
+        key = text.strip().lower()
+        if key not in CATEGORIES:
+            raise InputError(f"binary category {text!r} is not one of positive, negative, predicted (or 1, 0, -1)")
+        return cls(category=CATEGORIES[key])
 
     @classmethod
     def accepts(cls, shape: tuple[int, ...]) -> bool:
@@ -65,10 +71,3 @@ class BinaryTarget(Target):
         category = int(resolved.reshape(-1)[row])
         label = contract.label(category) if contract.labels and len(contract.labels) > 1 else None
         return label or ("positive" if category == 1 else "negative")
-
-
-def parse_category(text: str) -> int:
-    key = text.strip().lower()
-    if key not in CATEGORIES:
-        raise InputError(f"binary category {text!r} is not one of positive, negative, predicted (or 1, 0, -1)")
-    return CATEGORIES[key]

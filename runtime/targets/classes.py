@@ -11,11 +11,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from onnxcam.runtime.contract import TARGET, Contract
 from onnxcam.runtime.graphkit import Builder
-from onnxcam.runtime.targets.base import (Seeded, Target, as_seed, check_classes, class_caption, one_hot,
-                                          per_image_array, require_rank, resolve_ranks, rows_of)
+from onnxcam.runtime.targets.base import (
+    Seeded,
+    Target,
+    as_seed,
+    check_classes,
+    class_caption,
+    one_hot,
+    per_image_array,
+    require_rank,
+    resolve_ranks,
+    rows_of,
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,10 @@ class ClassTarget(Target):
     summary = "the raw logit of a class (negative -j: the image's j-th best)"
     has_classes = True
     output_ranks = (1,)
+
+    @classmethod
+    def parse(cls, text, contract, embed=None):
+        return cls(classes=contract.class_id(text))
 
     def fits(self, contract: Contract) -> None:
         require_rank(contract, self.name, (1,), "[N, classes]",

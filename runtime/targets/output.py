@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from onnxcam.runtime.contract import Contract
+from onnxcam.runtime.contract import Contract, InputError
 from onnxcam.runtime.graphkit import Builder
-from onnxcam.runtime.targets.base import Seeded, Target, InputError, rows_of
+from onnxcam.runtime.targets.base import Seeded, Target, rows_of
 
 SELECTION = "selection"
 
@@ -50,6 +49,10 @@ class OutputTarget(Target):
     name = "output"
     syntax = "output:INDEX  (numpy-style over the output without the batch: 3 | 0,10:20,30:60 | :)"
     summary = "the sum of an element or slice of the output (regression heads, raw scores, map regions)"
+
+    @classmethod
+    def parse(cls, text, contract, embed=None):
+        return cls(selection=text)
 
     def fits(self, contract: Contract) -> None:
         self.mask(contract)

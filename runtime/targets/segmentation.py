@@ -17,11 +17,20 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-from onnxcam.runtime.contract import TARGET, Contract
+from onnxcam.runtime.contract import TARGET, Contract, InputError
 from onnxcam.runtime.graphkit import Builder
-from onnxcam.runtime.targets.base import (Seeded, Target, InputError, as_seed, check_classes, class_caption,
-                                          one_hot, per_image_array, require_rank, resolve_ranks, rows_of)
+from onnxcam.runtime.targets.base import (
+    Seeded,
+    Target,
+    as_seed,
+    check_classes,
+    class_caption,
+    one_hot,
+    per_image_array,
+    require_rank,
+    resolve_ranks,
+    rows_of,
+)
 
 MASK = "mask"
 
@@ -51,6 +60,13 @@ class SegmentationTarget(Target):
     summary = "class c summed over a mask of a [N, classes, H, W] output (the model's own argmax by default)"
     has_classes = True
     output_ranks = (3,)
+
+    @classmethod
+    def parse(cls, text, contract, embed=None):
+        """``CLASS`` or ``CLASS:MASK_IMAGE`` (a mask drawn on the photo, bright inside)."""
+        class_text, _, mask_path = text.partition(":")
+        masks = load_mask(mask_path, contract.preprocessing) if mask_path else None
+        return cls(classes=contract.class_id(class_text), masks=masks)
 
     @property
     def graph_key(self) -> str:

@@ -10,13 +10,13 @@ from a ``.npy`` file, or the model's own embedding of a reference image. Seed:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from onnxcam.runtime.contract import Contract
+from onnxcam.runtime.contract import Contract, InputError
 from onnxcam.runtime.graphkit import Builder
-from onnxcam.runtime.targets.base import Seeded, Target, InputError, as_seed, require_rank, rows_of
+from onnxcam.runtime.targets.base import Seeded, Target, as_seed, require_rank, rows_of
 
 CONCEPT = "concept"
 EPSILON = 1e-8  # torch.nn.CosineSimilarity's default
@@ -34,6 +34,27 @@ class SimilarityTarget(Target):
     syntax = "similarity:REFERENCE.png|CONCEPT.npy"
     output_ranks = (1,)
     summary = "cosine similarity of an embedding output to a concept (a reference image or a .npy vector)"
+
+    @classmethod
+    def parse(cls, text, contract, embed=None):
+        """``REFERENCE_IMAGE`` (embedded by the model itself) or ``CONCEPT.npy`` (a ``[D]`` vector)."""
+        path = Path(text)
+        if not path.is_file():
+            raise InputError(f"{path}: no such file; a similarity target needs a reference image or a .npy vector")
+        if path.suffix.lower() == ".npy":
+            try:
+                vector = np.load(path, allow_pickle=False)
+            except (ValueError, OSError) as error:
+                raise InputError(f"{path}: not a readable .npy array ({error}); save the vector with numpy.save") from None
+            vector = np.asarray(vector, np.float32)
+            if vector.ndim != 1:
+                raise InputError(f"{path}: a concept vector must be 1-D [D], got shape {tuple(vector.shape)}")
+            return cls(concept=vector, concept_name=path.stem)
+        if embed is None:
+            raise InputError("a reference image needs the model to embed it; pass a .npy vector instead")
+        from onnxcam.runtime.image import load_image
+
+        return cls(concept=embed(path), concept_name=path.stem, thumbnail=load_image(path))
 
     def fits(self, contract: Contract) -> None:
         require_rank(contract, self.name, (1,), "[N, D] embedding", "explain an embedding model's vector output")

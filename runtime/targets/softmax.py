@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from onnxcam.runtime.contract import TARGET
 from onnxcam.runtime.graphkit import Builder
 from onnxcam.runtime.methods.base import softmax
