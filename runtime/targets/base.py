@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import numpy as np
-from onnxcam.runtime.contract import Contract, ContractError, InputError
+from onnxcam.runtime.contract import TARGET, Contract, ContractError, InputError
 from onnxcam.runtime.graphkit import Builder
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # outputs [B, *O] → scores [B]
@@ -158,6 +158,11 @@ def as_seed(b: Builder, seed_rows: str, rows: str, output: str) -> str:
     """``[N·K, *O] → [N, K, *O]``, with ``[N, K]`` from ``rows``."""
     shape = b.op("Concat", [b.op("Shape", [rows], start=0, end=2), b.op("Shape", [output], start=1)], axis=0)
     return b.op("Reshape", [seed_rows, shape])
+
+
+def to_images(b: Builder, rows: str) -> str:
+    """``[N·K] → [N, K]``, with ``[N, K]`` from the ``target`` input (the resolved classes' output)."""
+    return b.op("Reshape", [rows, b.op("Shape", [TARGET])])
 
 
 def class_caption(contract: Contract, class_id: int) -> str:

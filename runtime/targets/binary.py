@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from onnxcam.runtime.contract import TARGET, Contract, InputError
 from onnxcam.runtime.graphkit import Builder
-from onnxcam.runtime.targets.base import Seeded, Target, as_seed, per_image_array, require_rank, rows_of
+from onnxcam.runtime.targets.base import Seeded, Target, as_seed, to_images, per_image_array, require_rank, rows_of
 
 CATEGORIES = {"positive": 1, "pos": 1, "1": 1, "negative": 0, "neg": 0, "0": 0, "predicted": -1, "-1": -1}
 
@@ -61,7 +61,7 @@ class BinaryTarget(Target):
         seed = b.op("Unsqueeze", [sign, b.ints([1])])  # [R, 1]
         score = b.op("Mul", [sign, b.op("Squeeze", [output, b.ints([1])])])
         return Seeded(seed=as_seed(b, seed, TARGET, output), rows=TARGET, score=score,
-                      resolved=b.op("Reshape", [resolved, b.op("Shape", [TARGET])]))
+                      resolved=to_images(b, resolved))
 
     def scorer(self, row, feeds, resolved, output_row):
         sign = 1.0 if int(resolved.reshape(-1)[row]) == 1 else -1.0

@@ -13,18 +13,8 @@ from typing import Any
 import numpy as np
 from onnxcam.runtime.contract import TARGET, Contract
 from onnxcam.runtime.graphkit import Builder
-from onnxcam.runtime.targets.base import (
-    Seeded,
-    Target,
-    as_seed,
-    check_classes,
-    class_caption,
-    one_hot,
-    per_image_array,
-    require_rank,
-    resolve_ranks,
-    rows_of,
-)
+from onnxcam.runtime.targets.base import (Seeded, Target, as_seed, check_classes, class_caption, one_hot, to_images,
+                                          per_image_array, require_rank, resolve_ranks, rows_of)
 
 
 @dataclass(frozen=True)
@@ -63,7 +53,7 @@ class ClassTarget(Target):
         seed = one_hot(b, resolved, classes)
         score = b.op("ReduceSum", [b.op("Mul", [seed, output]), b.ints([1])], keepdims=0)
         return Seeded(seed=as_seed(b, seed, TARGET, output), rows=TARGET, score=score,
-                      resolved=b.op("Reshape", [resolved, b.op("Shape", [TARGET])]))
+                      resolved=to_images(b, resolved))
 
     def scorer(self, row, feeds, resolved, output_row):
         class_id = int(resolved.reshape(-1)[row])

@@ -19,18 +19,8 @@ import cv2
 import numpy as np
 from onnxcam.runtime.contract import TARGET, Contract, InputError
 from onnxcam.runtime.graphkit import Builder
-from onnxcam.runtime.targets.base import (
-    Seeded,
-    Target,
-    as_seed,
-    check_classes,
-    class_caption,
-    one_hot,
-    per_image_array,
-    require_rank,
-    resolve_ranks,
-    rows_of,
-)
+from onnxcam.runtime.targets.base import (Seeded, Target, as_seed, check_classes, class_caption, one_hot, to_images,
+                                          per_image_array, require_rank, resolve_ranks, rows_of)
 
 MASK = "mask"
 
@@ -122,7 +112,7 @@ class SegmentationTarget(Target):
         plane = b.op("GatherElements", [output, index], axis=1)
         score = b.op("ReduceSum", [b.op("Mul", [plane, mask]), b.ints([1, 2, 3])], keepdims=0)
         return Seeded(seed=as_seed(b, seed, TARGET, output), rows=TARGET, score=score,
-                      resolved=b.op("Reshape", [resolved, b.op("Shape", [TARGET])]))
+                      resolved=to_images(b, resolved))
 
     def row_mask(self, row: int, feeds: dict[str, np.ndarray], class_id: int, output_row: np.ndarray) -> np.ndarray:
         """The mask of row ``row``, ``float32 [H, W]``: given, or the output's own argmax == class."""

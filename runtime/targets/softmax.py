@@ -13,7 +13,7 @@ import numpy as np
 from onnxcam.runtime.contract import TARGET
 from onnxcam.runtime.graphkit import Builder
 from onnxcam.runtime.methods.base import softmax
-from onnxcam.runtime.targets.base import Seeded, as_seed, one_hot, resolve_ranks, rows_of
+from onnxcam.runtime.targets.base import Seeded, as_seed, one_hot, resolve_ranks, to_images, rows_of
 from onnxcam.runtime.targets.classes import ClassTarget
 
 
@@ -32,7 +32,7 @@ class SoftmaxTarget(ClassTarget):
         seed = b.op("Mul", [score, b.op("Sub", [hot, probabilities])])
         return Seeded(seed=as_seed(b, seed, TARGET, output), rows=TARGET,
                       score=b.op("Squeeze", [score, b.ints([1])]),
-                      resolved=b.op("Reshape", [resolved, b.op("Shape", [TARGET])]))
+                      resolved=to_images(b, resolved))
 
     def scorer(self, row, feeds, resolved, output_row):
         class_id = int(resolved.reshape(-1)[row])
