@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxcam.runtime import graph_methods, graphs, subgraph
-from onnxcam.runtime.contract import INPUT, LOGITS, RESOLVED_TARGET, TARGET, Contract, ContractError, Layer
+from onnxcam.runtime.contract import INPUT, RESOLVED_TARGET, TARGET, Contract, ContractError, Layer
 from onnxcam.runtime.explanation import Explanation
 from onnxcam.runtime.providers import CUDA, open_session, ort_errors
 from onnxcam.runtime.static_runner import StaticRunner
@@ -108,7 +108,7 @@ class Sessions:
         graph_feeds = self._graph_feeds(batch, feeds)
         values = None
         if self.static_batches:
-            values = self._static_run(target, feeds, method, layers, graph_feeds, names, kept)
+            values = self._static_run(target, feeds, method, layers, graph_feeds, names, graph)
         if values is None:
             session = self._session(("method", target.graph_key, method, *(l.name for l in layers)),
                                     lambda: self._method_model(target, feeds, method, layers))
@@ -118,9 +118,9 @@ class Sessions:
         return Explanation(maps=found[graph_methods.MAP], logits=found[graph.output][::len(found[graph.output]) // len(batch)],
                            targets=None if resolved is None else resolved.reshape(-1), method=method,
                            target_scores=found[graph.score], kind=target.name,
-                           layer_maps={layer.name: values[len(kept) + 1 + i] for i, layer in enumerate(layers)})
+                           layer_maps={layer.name: found[graph_methods.raw_map_name(i)] for i, layer in enumerate(layers)})
 
-    def _static_run(self, target, feeds, method, layers, graph_feeds, names, kept) -> list[np.ndarray] | None:
+    def _static_run(self, target, feeds, method, layers, graph_feeds, names, graph) -> list[np.ndarray] | None:
         """The fixed-shape runner's outputs, or None (and off from now on) where it fails to build."""
         shapes = tuple((name, value.shape) for name, value in graph_feeds.items())
         key = (target.graph_key, method, *(l.name for l in layers), shapes)
@@ -128,7 +128,7 @@ class Sessions:
             if key not in self._static:
                 rows = int(np.prod(next(iter(feeds.values())).shape[:2]))
                 self._static[key] = StaticRunner(self._method_model(target, feeds, method, layers), graph_feeds, names,
-                                                 self._kept_shapes(kept, graph_feeds, rows)
+                                                 self._kept_shapes(graph, graph_feeds, rows)
                                                  + graph_methods.map_shapes(self.contract, layers, rows),
                                                  cuda=self._cuda)
             return self._static[key](graph_feeds)
@@ -138,14 +138,12 @@ class Sessions:
             self.static_batches = False
             return None
 
-    def _kept_shapes(self, kept: list[str], graph_feeds: dict[str, np.ndarray], rows: int) -> list[list[int]]:
-        """The shapes of the per-target outputs for ``rows`` rows (output, score, resolved targets)."""
+    def _kept_shapes(self, graph: graphs.TargetGraph, graph_feeds: dict[str, np.ndarray], rows: int) -> list[list[int]]:
+        """The shapes of ``_per_target_outputs``: the output, the score and the resolved classes (``[N, K]``,
+        or ``[N]`` in format 1 graphs of one target an image), for ``rows`` rows."""
         rows_shape = list(next(value.shape[:2] for name, value in graph_feeds.items() if name != INPUT))
-        if not self.takes_target_lists:
-            rows_shape = rows_shape[:1]
-        shapes = {LOGITS: [rows, *self.contract.output.shape], self.contract.output.name:
-                  [rows, *self.contract.output.shape], RESOLVED_TARGET: rows_shape}
-        return [shapes.get(name, [rows]) for name in kept]
+        resolved = [rows_shape if self.takes_target_lists else rows_shape[:1]] if graph.resolved else []
+        return [[rows, *self.contract.output.shape], [rows]] + resolved
 
 
 def _per_target_outputs(graph: graphs.TargetGraph) -> list[str]:

@@ -33,6 +33,13 @@ def target_help() -> str:
             f"largest class (segmentation maps). A class id or label, or KIND:VALUE — {kinds}.")
 
 
+def embedder(explainer):
+    """``path → [D]``: the model's own output for an image file (a similarity target's reference)."""
+    from onnxcam.runtime.image import load_batch
+
+    return lambda path: explainer.forward(load_batch([path], explainer.contract)[0])[0]
+
+
 def provider_option():
     return click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
                         help="onnxruntime execution provider; 'cuda' fails rather than falling back to CPU.")

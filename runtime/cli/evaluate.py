@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from onnxcam.runtime.cli.common import canonical_methods, image_paths, provider_option, write_text
+from onnxcam.runtime.cli.common import canonical_methods, embedder, image_paths, provider_option, write_text
 
 
 @click.command("evaluate")
@@ -78,8 +78,7 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], me
             raise click.ClickException(str(error)) from None
     explainer = Explainer(model, providers=provider)
     contract = explainer.contract
-    target = explainer.target(kinds.parse(target_text, contract,
-                                          embed=lambda path: explainer.forward(load_batch([path], contract)[0])[0]))
+    target = explainer.target(kinds.parse(target_text, contract, embed=embedder(explainer)))
     paths = image_paths(images)
     chosen_layers = list(layers) or None
     get_layers(explainer.contract, chosen_layers)  # an unknown layer fails here, before any work

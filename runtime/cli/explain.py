@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from onnxcam.runtime.cli.common import (canonical_methods, image_paths, method_help, provider_option, safe,
+from onnxcam.runtime.cli.common import (canonical_methods, embedder, image_paths, method_help, provider_option, safe,
                                         target_help, unique_stems, write_npy, write_png)
 
 COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "hot")
@@ -67,7 +67,7 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
     attribution_images = {name: get_method(name).input_gradient == "guided" for name in methods_}
     explainer = Explainer(model, providers=provider)
     contract = explainer.contract
-    target = kinds.parse(target_text, contract, embed=lambda path: explainer.forward(load_batch([path], contract)[0])[0])
+    target = kinds.parse(target_text, contract, embed=embedder(explainer))
     target = explainer.target(target, top_k)  # checked against the output before any image is read
     paths = image_paths(images)
     chosen_layers = list(layers) or None
