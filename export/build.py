@@ -88,16 +88,11 @@ def export_architecture(
             progress(f"note: {architecture} has random weights (no --weights); its maps only show the mechanics")
     for layer in layers:
         find_layer(model, layer)  # a wrong name fails here, before any progress is printed
-    if reshape is None:
-        reshape = recipe.reshape if recipe is not None else "auto"
+    if reshape is None:  # the recipe knows its own layer; elsewhere the model's ops tell (or export asks)
+        reshape = recipe.reshape if recipe is not None and list(layers) == [recipe.layer] else "auto"
     progress(f"exporting {name} at layer(s) {', '.join(layers)}, input 3x{size}x{size} …")
-    record = export_explainer(
+    return export_explainer(
         model, output, layers, (2, 3, size, size), reshape=reshape, preprocessing=preprocessing,
         labels=labels, architecture=name, input_gradients=input_gradients, output=model_output,
+        fp16=fp16, progress=progress,
     )
-    if fp16:
-        from onnxcam.export.precision import convert_to_fp16
-
-        progress("converting to float16 …")
-        record = convert_to_fp16(output, output)
-    return record

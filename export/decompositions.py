@@ -155,6 +155,18 @@ def max_pool2d_with_indices_backward(
     return grad_input.reshape(input.shape)
 
 
+def broadcasting_copy(self: torch.Tensor, src: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+    """``aten.copy`` with its broadcast made explicit. onnxscript's translation (``CastLike(src, self)``)
+    drops it, so Swin's attention mask (``mask[h0:h1, w0:w1] = count``: a 0-d ``src``) became a
+    scalar, and onnxruntime could not load the graph (a Transpose of perm [1, 0] on it)."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    src = src.to(self.dtype)
+    if src.dim() == self.dim() and all(statically_known_true(a == b) for a, b in zip(src.shape, self.shape)):
+        return src.clone()
+    return src.expand_as(self).clone()
+
+
 def table() -> dict:
     """The decomposition table passed to ``ExportedProgram.run_decompositions``."""
     decompositions = torch.export.default_decompositions()
@@ -163,4 +175,5 @@ def table() -> dict:
     decompositions[aten.as_strided_scatter.default] = as_strided_scatter
     decompositions[aten.avg_pool2d_backward.default] = avg_pool2d_backward
     decompositions[aten.max_pool2d_with_indices_backward.default] = max_pool2d_with_indices_backward
+    decompositions[aten.copy.default] = broadcasting_copy
     return decompositions

@@ -16,20 +16,28 @@ import contextlib
 import copy
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.export._trace
 from torch import nn
 
 from onnxcam.export import decompositions, interpolation, onnx_passes, onnx_rules
-from onnxcam.export.layers import find_layer, resolve_reshape, to_feature_map
-from onnxcam.export.onnx_io import onnxcam_version, write_explainer
+from onnxcam.export.onnx_io import check_explainer, write_checked
+from onnxcam.export.layers import find_layer, resolve_reshape, to_feature_map, trace_layouts
+from onnxcam.export.onnx_io import onnxcam_version
 from onnxcam.runtime import contract
 
 OPSET = 18
 MAX_TARGETS = 4096  # targets an image in one call (the tracer wants a bound on the symbolic K)
+# How far the exported graph's ``output`` (onnxruntime, CPU) may be from the torch model's (eval,
+# no grad) on the same random batch, relative to the largest |output|. Measured on the random-weight
+# zoo (tests/zoo.py): float32 at most 3.3e-5 (resnet50; resnet18, vgg16, vit_b_16, convnext_tiny
+# 1.3-1.5e-6, densenet121, mobilenet_v3_large 3.9e-6); float16 (``--fp16``) 1.3e-3 (resnet18),
+# 2.9e-3 (the pretrained efficientnet_lite0), 4.3e-3 (mobilenet_v3_large), 3.4e-2 (resnet50).
+EXPORT_TOLERANCE = {"float32": 1e-3, "float16": 1e-1}
 
 
 INPUT_GRADIENTS = ("plain", "guided")
@@ -254,6 +262,8 @@ def export_explainer(
     example: torch.Tensor | None = None,
     input_gradients: Sequence[str] = (),
     output: str | int | None = None,
+    fp16: bool = False,
+    progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """Write the explainer graph of ``model`` to ``path`` and return its metadata record.
 
@@ -264,7 +274,8 @@ def export_explainer(
     layers: dotted module names (``"layer4"``, ``"features.denseblock4"``).
     input_shape: an example ``(N, C, H, W)``; N stays dynamic in the graph (N ≥ 2 traces best).
     reshape: per layer, ``auto`` | ``none`` | ``tokens`` (``[N,T,C]`` → grid, class token
-    dropped) | ``nhwc``.
+    dropped) | ``nhwc``. ``auto`` reads a 4-D layer's layout off the ops that make and read it
+    (``layers.LayoutTracer``) and refuses, asking for ``none`` or ``nhwc``, where they do not say.
     preprocessing: ``{"size": [H, W], "resize": int|None, "mean": [...], "std": [...],
     "channel_order": "RGB", "scale": 255.0}``; defaults to ImageNet constants at the input size.
     labels: class names, index = class id.
@@ -272,6 +283,11 @@ def export_explainer(
     input_gradients: also output ∂score/∂input: ``"plain"`` (``input_gradient``, for vanilla
     saliency) and/or ``"guided"`` (``guided_gradient``: every ``nn.ReLU``/``nn.ReLU6`` module's
     backward replaced by guided backprop's, for Guided Backprop and Guided Grad-CAM).
+    fp16: write a float16 graph (``precision.convert_to_fp16``: float32 inputs and outputs).
+
+    Before ``path`` is written, the graph is loaded with onnxruntime (CPU) and run on a seeded
+    random batch; its ``output`` rows must equal the model's own output (eval mode, no grad)
+    within ``EXPORT_TOLERANCE`` of the output's scale. Otherwise ``ValueError`` and no file.
     """
     layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
@@ -304,7 +320,7 @@ def export_explainer(
     raw: list[torch.Tensor] = []
     handles = [find_layer(model, n).register_forward_hook(lambda m, i, o: raw.append(o.detach().clone()))
                for n in layers]
-    with torch.no_grad():
+    with torch.no_grad(), trace_layouts(model, layers) as tracer:
         raw_output = model(example)
     explained = select_output(raw_output, output)
     if explained.dim() < 2:
@@ -317,7 +333,7 @@ def export_explainer(
             "a chosen layer ran more or fewer than once in one forward pass; "
             "choose a layer that runs exactly once (not a shared module)"
         )
-    reshapes = [resolve_reshape(r, a) for r, a in zip(reshapes, raw)]
+    reshapes = [resolve_reshape(r, a, e, n) for r, a, e, n in zip(reshapes, raw, tracer.evidence, layers)]
     feature_maps = [to_feature_map(a, r) for a, r in zip(raw, reshapes)]
     cam_heads = [find_cam_head(model, f, explained) if explained.dim() == 2 else None for f in feature_maps]
 
@@ -374,8 +390,25 @@ def export_explainer(
     )
     onnx_passes.drop_matmul_broadcast_expands(model_proto)
     _name_batch_dimension(model_proto)
-    write_explainer(model_proto, record, Path(path))
-    return record
+    wrapper.remove_hooks()
+
+    def reference(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return select_output(model(torch.from_numpy(images)), output).float().numpy()
+
+    def convert(temporary: Path) -> dict:
+        from onnxcam.export.precision import convert_to_fp16
+
+        progress("converting to float16 …")
+        return convert_to_fp16(temporary, temporary)
+
+    def check(temporary: Path) -> None:
+        progress("checking the graph against the model …")
+        check_explainer(temporary, reference, EXPORT_TOLERANCE["float16" if fp16 else "float32"],
+                        what="the exported graph", error=ValueError,
+                        advice="export another layer, or report this with the model")
+
+    return write_checked(model_proto, record, Path(path), check, convert if fp16 else None)
 
 
 def _rows_can_repeat_at_layer(model, layers, reshapes, cam_heads, example, output, output_shape) -> bool:

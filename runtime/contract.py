@@ -41,6 +41,11 @@ class InputError(ValueError):
     """A batch or target that does not fit the graph (what is wrong and what to do)."""
 
 
+def shown(path: Any) -> str:
+    """A path as text for a message: bytes that are not UTF-8 appear as ``\\udcXX`` (printable)."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def activation_name(index: int) -> str:
     return f"activation_{index}"
 
@@ -181,9 +186,11 @@ def metadata_record(
 ) -> dict[str, Any]:
     """The JSON-able record stored under ``metadata_props[METADATA_KEY]`` (format 2)."""
     output = Output(OUTPUT, tuple(int(s) for s in output_shape), score, output_source)
+    if preprocessing is not None:
+        check_preprocessing({**default_preprocessing(input_shape[1:]), **preprocessing})
     if labels is not None and len(labels) != output.classes:
         raise ContractError(f"{len(labels)} labels given for a model output of shape {list(output.shape)} "
-                            f"({output.classes or 'no'} classes)")
+                            f"({output.classes or 'no'} classes); give one label per class, or none")
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -203,8 +210,67 @@ def metadata_record(
     }
 
 
-_NOT_EXPLAINER = ("{what}: this is not an onnxcam explainer graph ({why}). "
-                  "Export one with `onnxcam export`, or see `onnxcam export --help`.")
+def check_preprocessing(steps: dict[str, Any], what: str = "preprocessing") -> dict[str, Any]:
+    """``steps`` (the metadata record's ``preprocessing``) if every value can preprocess an image into
+    finite numbers, else a ``ContractError`` naming the bad value and what to give instead."""
+    import math
+
+    def numbers(key: str, count: int) -> list[float]:
+        values = steps.get(key)
+        if not isinstance(values, (list, tuple)) or len(values) != count or \
+                not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ContractError(f"{what}: {key} is {values!r}; it must be {count} finite numbers "
+                                "(re-export, or give them to `onnxcam augment`)")
+        return [float(v) for v in values]
+
+    size = steps.get("size")
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or \
+            not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        raise ContractError(f"{what}: size is {size!r}; it must be [height, width], two whole numbers above 0 "
+                            "(re-export, or give --size to `onnxcam augment`)")
+    resize = steps.get("resize")
+    if resize is not None and not (isinstance(resize, int) and not isinstance(resize, bool) and resize > 0):
+        raise ContractError(f"{what}: resize is {resize!r}; it must be a whole number above 0 or null "
+                            "(re-export, or give --resize to `onnxcam augment`)")
+    numbers("mean", 3)
+    if any(v == 0 for v in numbers("std", 3)):
+        raise ContractError(f"{what}: std is {steps['std']!r}; a std of 0 divides by zero, give each channel's "
+                            "standard deviation (ImageNet's: 0.229 0.224 0.225)")
+    scale = steps.get("scale", 255.0)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale == 0:
+        raise ContractError(f"{what}: scale is {scale!r}; pixel values are divided by it, give a finite number "
+                            "other than 0 (255 for [0, 1] inputs, 1 for [0, 255])")
+    if str(steps.get("channel_order", "RGB")).upper() not in ("RGB", "BGR"):
+        raise ContractError(f"{what}: channel_order is {steps.get('channel_order')!r}; give RGB or BGR")
+    return steps
+
+
+def check_graph(contract: Contract, declared: dict[str, list], what: str = "model") -> None:
+    """A ``ContractError`` where the metadata record disagrees with the graph it describes.
+
+    declared: each graph input and output name → its dims (ints, or None where symbolic),
+    batch axis included. The record's input shape, output shape (its class count) and layer
+    shapes must be the graph's wherever the graph states them.
+    """
+    def compare(name: str, recorded: Sequence[int], role: str) -> None:
+        if name not in declared:
+            raise ContractError(f"{what}: the metadata names {role} {name!r}, which the graph does not have; "
+                                "the record belongs to another graph: re-export the model")
+        dims = declared[name][1:]
+        if len(dims) != len(recorded) or any(d is not None and d != r for d, r in zip(dims, recorded)):
+            shown_dims = [d if d is not None else "?" for d in dims]
+            raise ContractError(f"{what}: the metadata says {role} {name!r} is {list(recorded)} per row, the graph "
+                                f"says {shown_dims}; the record was edited or belongs to another graph: re-export")
+
+    compare(INPUT, contract.input_shape, "input")
+    compare(contract.output.name, contract.output.shape, "output")
+    for layer in contract.layers:
+        compare(layer.activation, layer.shape, f"layer {layer.name!r}'s activation")
+        compare(layer.gradient, layer.shape, f"layer {layer.name!r}'s gradient")
+
+
+_NOT_EXPLAINER = ("{what}: this is not an onnxcam explainer graph ({why}); "
+                  "make one with `onnxcam export` (PyTorch) or `onnxcam augment` (any ONNX model)")
 
 
 def parse_metadata(metadata: dict[str, str], what: str = "model") -> Contract:
@@ -225,7 +291,22 @@ def parse_metadata(metadata: dict[str, str], what: str = "model") -> Contract:
             f"(it reads versions {', '.join(map(str, READS_VERSIONS))}); re-export the model with this onnxcam "
             "or upgrade onnxcam"
         )
+    def shape(values: Any, length: int, name: str) -> tuple[int, ...]:
+        if not isinstance(values, (list, tuple)) or (length and len(values) != length) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            size = f"{length} whole numbers" if length else "whole numbers"
+            raise ContractError(_NOT_EXPLAINER.format(what=what, why=f"{name} {values!r} is not {size} above 0"))
+        return tuple(values)
+
     try:
+        if not record["layers"]:
+            raise ContractError(_NOT_EXPLAINER.format(what=what, why="its metadata lists no explained layer"))
+        for l in record["layers"]:
+            shape(l["shape"], 3, f"layer {l.get('name')!r}'s shape [C, h, w]")
+        shape(record["input"]["shape"], 3, "the input shape [C, H, W]")
+        if version > 1:
+            shape(record["output"]["shape"], 0, "the output shape")
+        check_preprocessing(record["preprocessing"], f"{what}: metadata preprocessing")
         layers = tuple(
             Layer(name=l["name"], shape=tuple(int(s) for s in l["shape"]), activation=l["activation"],
                   gradient=l["gradient"], cam_weight=l.get("cam_weight"), reshape=l.get("reshape", "none"),
@@ -239,6 +320,11 @@ def parse_metadata(metadata: dict[str, str], what: str = "model") -> Contract:
             described = record["output"]
             output = Output(described["name"], tuple(int(s) for s in described["shape"]),
                             described.get("score", "logit"), described.get("source"))
+        if labels is not None and (not isinstance(labels, list) or not all(isinstance(l, str) for l in labels)
+                                   or (labels and len(labels) != output.classes)):
+            raise ContractError(f"{what}: the metadata has {len(labels) if isinstance(labels, list) else 'bad'} "
+                                f"labels for an output of shape {list(output.shape)}; re-export with one label per "
+                                "class (or none)")
         return Contract(
             input_shape=tuple(int(s) for s in record["input"]["shape"]),
             output=output,
@@ -251,5 +337,7 @@ def parse_metadata(metadata: dict[str, str], what: str = "model") -> Contract:
             input_gradients=dict(record.get("input_gradients") or {}),
             version=int(version),
         )
+    except ContractError:
+        raise
     except (KeyError, TypeError, ValueError) as error:
         raise ContractError(_NOT_EXPLAINER.format(what=what, why=f"metadata record is incomplete: {error!r}")) from None

@@ -14,9 +14,10 @@ from typing import Sequence
 
 import numpy as np
 from onnxcam.runtime import methods
-from onnxcam.runtime.contract import INPUT, Contract, ContractError, InputError, Layer, parse_metadata
+from onnxcam.runtime.contract import (INPUT, Contract, ContractError, InputError, Layer, check_graph,
+                                      parse_metadata)
 from onnxcam.runtime.explanation import Explanation, stack_columns
-from onnxcam.runtime.providers import read_model, resolve_providers
+from onnxcam.runtime.providers import declared_dims, read_model, resolve_providers
 from onnxcam.runtime.sessions import Sessions
 from onnxcam.runtime.targets import ClassTarget, OutputTarget, Target, as_target
 
@@ -46,6 +47,7 @@ class Explainer:
         self._providers = resolve_providers(providers)
         self.model = read_model(self.path)
         self.contract: Contract = parse_metadata({p.key: p.value for p in self.model.metadata_props}, str(self.path))
+        check_graph(self.contract, declared_dims(self.model), str(self.path))
         self.postprocess = postprocess
         self.sessions = Sessions(self.model, self.contract, self._providers, str(self.path), static_batches)
 
@@ -89,8 +91,15 @@ class Explainer:
         if not np.issubdtype(batch.dtype, np.floating):
             raise InputError(f"input batch has dtype {batch.dtype}; pass float32 values already normalised")
         if batch.shape[0] == 0:
-            raise InputError("input batch is empty")
-        return np.ascontiguousarray(batch, dtype=np.float32)
+            raise InputError("input batch is empty; pass at least one image")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        finite = np.isfinite(batch).reshape(len(batch), -1).all(axis=1)
+        if not finite.all():
+            images = np.flatnonzero(~finite)
+            raise InputError(f"input batch has non-finite values (NaN or Inf) in image {int(images[0])}"
+                             f"{f' and {len(images) - 1} more' if len(images) > 1 else ''}; check the images and "
+                             "the preprocessing (a std or scale of 0 divides by zero)")
+        return batch
 
     def target(self, targets=None, top_k: int | None = None) -> Target:
         """The Target a call's ``targets``/``top_k`` stand for, checked against the graph's output."""

@@ -1,36 +1,177 @@
-"""Images in and out: loading, preprocessing from the graph's metadata, overlays."""
+"""Images in and out: loading, preprocessing from the graph's metadata, overlays.
+
+Reading is bounded: an image's size is read from its header before it is decoded, and
+images past the pixel limit (``MAX_PIXELS``, or the environment variable
+``ONNXCAM_MAX_PIXELS``) are refused; images far larger than the model's input are decoded
+at 1/2, 1/4 or 1/8 of their size (README "Errors").
+"""
 
 from __future__ import annotations
 
+import io
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
-from onnxcam.runtime.contract import Contract
+from onnxcam.runtime.contract import Contract, shown
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+FORMATS = "PNG, JPEG, BMP, TIFF, WebP or GIF"
+MAX_PIXELS = 100_000_000  # the default pixel limit: 100 megapixels (about 0.3 GB decoded)
+MAX_PIXELS_VARIABLE = "ONNXCAM_MAX_PIXELS"
+REDUCED_MARGIN = 4  # decode at reduced size only while at least 4x the pixels needed remain, per side
 COLORMAPS = {
     "jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
     "viridis": cv2.COLORMAP_VIRIDIS, "magma": cv2.COLORMAP_MAGMA, "hot": cv2.COLORMAP_HOT,
 }
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
 class ImageError(ValueError):
     """A file that cannot be read as an image."""
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB ``uint8 [H, W, 3]`` (grey and alpha are converted)."""
+def pixel_limit() -> int:
+    """The largest image (width × height) onnxcam decodes: ``$ONNXCAM_MAX_PIXELS`` or ``MAX_PIXELS``."""
+    text = os.environ.get(MAX_PIXELS_VARIABLE)
+    if text is None:
+        return MAX_PIXELS
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise ImageError(f"{MAX_PIXELS_VARIABLE}={text!r} is not a positive whole number of pixels; "
+                         f"set it to e.g. {MAX_PIXELS} or unset it")
+    return limit
+
+
+@contextmanager
+def quiet_native_stderr():
+    """Silence what native decoders (libpng, libjpeg, OpenCV's logger) print straight to file
+    descriptor 2, so that a bad image gives onnxcam's one ``Error:`` line and nothing else."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def image_size(path: str | Path, data: bytes | None = None) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header, without decoding it (an ``ImageError``
+    if the file is missing, empty, not an image, or past the pixel limit)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if data is None:
+        if not path.is_file():
+            raise ImageError(f"{shown(path)}: no such file" + ("; it is a folder, name the images in it or the "
+                                                             "folder as a whole" if path.is_dir() else
+                                                             "; check the path"))
+        data = _read(path)
+    if not data:
+        raise ImageError(f"{shown(path)}: the file is empty; remove it or name the images one by one")
+    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # onnxcam's own limit applies, below
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise ImageError(f"{shown(path)}: not a readable image (expected {FORMATS}); "
+                         "remove it or name the images one by one") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
+    limit = pixel_limit()
+    if width * height > limit:
+        raise ImageError(f"{shown(path)}: {width}x{height} is {width * height:,} pixels, past the limit of "
+                         f"{limit:,}; shrink the image, or raise the limit with {MAX_PIXELS_VARIABLE}=N")
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{shown(path)}: the header says {width}x{height} pixels; remove it")
+    return width, height
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ImageError(f"{shown(path)}: cannot be read ({error.strerror}); check its permissions") from None
+
+
+def check_image(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file that decodes whole (at 1/8 size, grey: cheap), or an
+    ``ImageError``: what ``load_image`` would refuse, found before any work is done."""
+    path = Path(path)
+    data = _read(path) if path.is_file() else None
+    width, height = image_size(path, data)
+    _decode(path, data, cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    return width, height
+
+
+def _decode(path: Path, data: bytes, flags: int) -> np.ndarray:
+    try:
+        with quiet_native_stderr():
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        image = None
+    if image is None:
+        raise ImageError(f"{shown(path)}: not a readable image (truncated or corrupt {FORMATS} file); "
+                         "remove it or name the images one by one")
+    return image
+
+
+def reduction(width: int, height: int, needed: Sequence[int] | None) -> int:
+    """1, 2, 4 or 8: how much smaller than ``width × height`` an image can be decoded while each side
+    keeps ``REDUCED_MARGIN`` times the pixels ``needed`` (``(h, w)``: what preprocessing resizes it to)."""
+    if needed is None:
+        return 1
+    for factor in (8, 4, 2):
+        if height // factor >= REDUCED_MARGIN * needed[0] and width // factor >= REDUCED_MARGIN * needed[1]:
+            return factor
+    return 1
+
+
+def load_image(path: str | Path, preprocessing: dict[str, Any] | None = None) -> np.ndarray:
+    """Read an image file as RGB ``uint8 [H, W, 3]`` (grey and alpha are converted; GIF: first frame).
+
+    preprocessing: the graph's, where the image is for the model: an image at least
+    ``2·REDUCED_MARGIN`` times larger per side than ``fit_to_input`` resizes it to is decoded at
+    1/2, 1/4 or 1/8 of its size. Refuses images past the pixel limit (``pixel_limit``) before
+    decoding them.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"{path}: no such file")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ImageError(f"{path}: not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)")
+        image_size(path)  # the one-line reason
+    data = _read(path)
+    width, height = image_size(path, data)
+    factor = reduction(width, height, needed_size(preprocessing, width, height) if preprocessing else None)
+    image = _decode(path, data, _REDUCED.get(factor, cv2.IMREAD_COLOR))
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def needed_size(preprocessing: dict[str, Any], width: int, height: int) -> tuple[int, int]:
+    """``(h, w)``: the size ``fit_to_input`` resizes a ``width × height`` image to before cropping."""
+    size_h, size_w = preprocessing["size"]
+    shorter = preprocessing.get("resize")
+    if not shorter:
+        return size_h, size_w
+    scale = shorter / min(height, width)
+    return max(size_h, round(height * scale)), max(size_w, round(width * scale))
+
+
+RESIZE_FIRST_LIMIT = 16  # resize the whole image, then crop, while that image is at most 16x the crop
 
 
 def fit_to_input(image: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
@@ -38,18 +179,31 @@ def fit_to_input(image: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray
 
     With ``resize`` set, the shorter side goes to ``resize`` and the centre ``size`` is cut
     out (torchvision's ImageNet evaluation transform); otherwise the image is resized to
-    ``size`` directly.
+    ``size`` directly. For a very long strip, only the window that is kept is sampled (the same
+    bilinear mapping), so memory stays that of the model's input.
     """
     height, width = preprocessing["size"]
     shorter = preprocessing.get("resize")
     if shorter:
         h, w = image.shape[:2]
-        scale = shorter / min(h, w)
-        new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        new_h, new_w = needed_size(preprocessing, w, h)
         top, left = (new_h - height) // 2, (new_w - width) // 2
+        if new_h * new_w > RESIZE_FIRST_LIMIT * height * width:
+            return crop_resized(image, (new_h, new_w), (top, left), (height, width))
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         return np.ascontiguousarray(image[top:top + height, left:left + width])
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def crop_resized(image: np.ndarray, resized: Sequence[int], corner: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """The ``size`` = ``(H, W)`` window at ``corner`` = ``(top, left)`` of ``image`` ``[h, w, 3]`` resized to
+    ``resized`` = ``(h', w')``, sampled directly (``cv2.resize``'s bilinear mapping
+    ``x = (x' + 0.5)·w/w' − 0.5``) without making the resized image."""
+    h, w = image.shape[:2]
+    sy, sx = h / resized[0], w / resized[1]
+    matrix = np.float64([[sx, 0, (corner[1] + 0.5) * sx - 0.5], [0, sy, (corner[0] + 0.5) * sy - 0.5]])
+    return cv2.warpAffine(image, matrix, (int(size[1]), int(size[0])), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def to_tensor(view: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
@@ -69,7 +223,7 @@ def load_batch(paths: Sequence[str | Path], contract: Contract) -> tuple[np.ndar
     Returns the batch ``float32 [N, C, H, W]`` and the RGB ``uint8 [H, W, 3]`` views the
     model saw (resized and cropped, not normalised), for overlays.
     """
-    views = [fit_to_input(load_image(p), contract.preprocessing) for p in paths]
+    views = [fit_to_input(load_image(p, contract.preprocessing), contract.preprocessing) for p in paths]
     batch = np.stack([to_tensor(v, contract.preprocessing) for v in views]) if views else \
         np.zeros((0, *contract.input_shape), np.float32)
     return batch, views
@@ -80,12 +234,17 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found += sorted(p for p in item.iterdir() if is_image_name(p) and p.is_file())
         elif item.exists():
             found.append(item)
         else:
-            raise ImageError(f"{item}: no such file or directory")
-    return found
+            raise ImageError(f"{shown(item)}: no such file or folder; check the path")
+    return list(dict.fromkeys(found))  # a file named twice (also inside a folder named) is read once
+
+
+def is_image_name(path: Path) -> bool:
+    """An image suffix, and not hidden (``.name``: onnxcam's own unfinished outputs among others)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 def colorize(map_: np.ndarray, colormap: str = "jet") -> np.ndarray:
@@ -200,10 +359,16 @@ def feature_grid(activation: np.ndarray, count: int = 16, tile: int = 96, colorm
     return grid, channels
 
 
+WRITE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
 def save_image(path: str | Path, rgb: np.ndarray) -> None:
     """Write an RGB ``uint8`` image (format from the suffix)."""
     path = Path(path)
-    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    suffix = path.suffix.lower() or ".png"
+    if suffix not in WRITE_SUFFIXES:
+        raise ImageError(f"{shown(path)}: cannot write {suffix} images; name a {', '.join(WRITE_SUFFIXES)} file")
+    ok, encoded = cv2.imencode(".tif" if suffix == ".tiff" else suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise ImageError(f"{path}: OpenCV cannot encode this image format")
-    encoded.tofile(str(path))
+        raise ImageError(f"{shown(path)}: OpenCV cannot encode this image; name a .png file")
+    path.write_bytes(encoded.tobytes())

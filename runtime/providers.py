@@ -8,7 +8,7 @@ from typing import Sequence
 import onnx
 import onnxruntime as ort
 
-from onnxcam.runtime.contract import ContractError
+from onnxcam.runtime.contract import ContractError, shown
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -55,13 +55,22 @@ def ort_errors() -> tuple[type[BaseException], ...]:
 def read_model(path: str | Path) -> onnx.ModelProto:
     """The ONNX model at ``path``, or a one-line error saying why it is not one."""
     path = Path(path)
+    if path.is_dir():
+        raise ContractError(f"{shown(path)}: is a folder; give the explainer .onnx file itself")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; give the path of an exported explainer .onnx")
+        raise FileNotFoundError(f"{shown(path)}: no such file; give the path of an exported explainer .onnx")
     try:
         return onnx.load(str(path))
     except Exception as error:  # protobuf and onnx raise assorted types for a corrupt file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ContractError(f"{path}: not an ONNX model ({reason})") from None
+        raise ContractError(f"{shown(path)}: not an ONNX model ({reason}); give an explainer .onnx made by "
+                            "`onnxcam export` or `onnxcam augment`") from None
+
+
+def declared_dims(model: onnx.ModelProto) -> dict[str, list]:
+    """Each graph input and output name → its dims as the graph declares them (None: symbolic)."""
+    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in [*model.graph.input, *model.graph.output]}
 
 
 def with_options(providers: Sequence[str], **cuda_options: str) -> list:
@@ -80,7 +89,8 @@ def open_session(model: str | Path | bytes, providers: Sequence[str], what: str 
                                        sess_options=options, providers=with_options(providers))
     except Exception as error:  # onnxruntime raises its own exception types
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ContractError(f"{what}: onnxruntime cannot load this file as an ONNX model ({first_line})") from None
+        raise ContractError(f"{what}: onnxruntime cannot load this file as an ONNX model ({first_line}); "
+                            "re-export it with this onnxcam, or check the onnxruntime version") from None
     if CUDA in providers and CUDA not in session.get_providers():
         raise ProviderError(
             f"{what}: CUDA was asked for but onnxruntime could not start it (CUDA or cuDNN libraries missing?); "

@@ -67,3 +67,62 @@ def test_overlay_resizes_the_map_and_accepts_float_images():
         overlay(np.full((4, 4, 3), 2.0), np.zeros((4, 4)))
     with pytest.raises(ValueError, match="alpha"):
         overlay(image, np.zeros((8, 12)), alpha=1.5)
+
+
+# -- bounded reading: reduced decoding, long strips, the pixel limit ------------------------------------
+def test_sampling_only_the_crop_matches_resize_then_crop():
+    """``crop_resized`` (used for long strips) samples cv2.resize's bilinear mapping directly: within
+    one grey level of resizing the whole photo and cropping (fixed-point rounding differs)."""
+    from onnxcam.runtime.image import crop_resized
+
+    for name in ("chelsea.png", "astronaut.png", "coffee.png"):
+        image = load_image(skimage_photo(name))
+        h, w = image.shape[:2]
+        for shorter, size in ((256, 224), (100, 64)):
+            scale = shorter / min(h, w)
+            new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+            top, left = (new_h - size) // 2, (new_w - size) // 2
+            expected = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)[top:top + size, left:left + size]
+            got = crop_resized(image, (new_h, new_w), (top, left), (size, size))
+            assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1, (name, shorter)
+
+
+def test_a_long_strip_is_cropped_before_it_is_resized(tmp_path):
+    """A 1 × 20000 strip with resize 256: the old path made a 256 × 5,120,000 image (4 GB). The view
+    now equals a numpy transcription of the bilinear resize on the kept window, and the process
+    stays small."""
+    import subprocess
+    import sys
+
+    strip = np.random.default_rng(0).integers(0, 256, (1, 20000, 3), dtype=np.uint8)
+    path = tmp_path / "strip.png"
+    cv2.imwrite(str(path), strip[..., ::-1])
+    preprocessing = {**default_preprocessing((224, 224)), "resize": 256}
+    view = fit_to_input(load_image(path), preprocessing)
+    new_w = round(20000 * 256)  # the shorter side (1) goes to 256
+    left = (new_w - 224) // 2
+    x = (np.arange(224) + left + 0.5) * 20000 / new_w - 0.5
+    expected = np.stack([np.interp(x, np.arange(20000), strip[0, :, c].astype(np.float64)) for c in range(3)], -1)
+    assert view.shape == (224, 224, 3)
+    assert np.abs(view.astype(float) - expected[None]).max() <= 1.0
+    probe = ("import re, sys; from onnxcam.runtime.image import load_image, fit_to_input; "
+             "from onnxcam.runtime.contract import default_preprocessing as d; "
+             "fit_to_input(load_image(sys.argv[1]), {**d((224, 224)), 'resize': 256}); "
+             "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])")  # this process's peak
+    peak_kb = int(subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True,
+                                 check=True).stdout)
+    assert peak_kb < 600_000, f"peak {peak_kb / 1e6:.2f} GB"  # the old path peaked at 4.25 GB
+
+
+def test_images_far_larger_than_the_input_are_decoded_smaller(tmp_path):
+    """A 4000 × 3000 JPEG for a 224 model (resize 256) decodes at 1/2 (still 4x the pixels needed per
+    side), and the model's view differs from the full decode's by little."""
+    photo = cv2.resize(load_image(skimage_photo("astronaut.png")), (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    path = tmp_path / "big.jpg"
+    cv2.imwrite(str(path), photo[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    preprocessing = {**default_preprocessing((224, 224)), "resize": 256}
+    reduced = load_image(path, preprocessing)
+    full = load_image(path)
+    assert full.shape == (3000, 4000, 3) and reduced.shape == (1500, 2000, 3)
+    difference = np.abs(fit_to_input(reduced, preprocessing).astype(float) - fit_to_input(full, preprocessing))
+    assert difference.mean() < 3.0, difference.mean()

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from onnxcam.runtime.cli.common import read_labels
+from onnxcam.runtime.cli.files import check_writable
 
 
 @click.command("augment")
@@ -76,6 +77,7 @@ def command(model: Path | None, output: Path | None, layer: str | None, logits: 
         return
     if output is None:
         raise click.UsageError("give -o/--output, the explainer .onnx to write")
+    check_writable(output)
     pre = dict(known.preprocessing) if known else {}
     given = {"resize": resize, "mean": mean, "std": std, "scale": scale, "channel_order": channel_order}
     pre.update({k: list(v) if isinstance(v, tuple) else v for k, v in given.items() if v is not None})

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from onnxcam.runtime.cli.files import write_atomically
 from onnxcam.runtime.image import ImageError
 from onnxcam.runtime.methods import METHODS, get_method
 from onnxcam.runtime.targets import KINDS
@@ -46,30 +47,45 @@ def provider_option():
 
 
 def image_paths(images: tuple[Path, ...]) -> list[Path]:
-    """The image files named in ``images`` (folders expanded), or an ``ImageError`` naming the first bad one."""
-    from onnxcam.runtime.image import IMAGE_SUFFIXES, find_images
+    """The image files named in ``images`` (folders expanded), each checked before any work (it decodes
+    whole, within the pixel limit), or an ``ImageError`` naming the first bad one."""
+    from onnxcam.runtime.image import IMAGE_SUFFIXES, check_image, find_images, shown
 
     paths = find_images(images)
     if not paths:
-        raise ImageError("no image files found in " + ", ".join(map(str, images)) +
-                         f" (looked for {', '.join(IMAGE_SUFFIXES)})")
-    unreadable = [p for p in paths if not _readable_image(p)]
-    if unreadable:
-        raise ImageError(f"{unreadable[0]}: not a readable image (expected PNG, JPEG, BMP, TIFF or WebP); "
-                         "remove it or name the images one by one")
+        raise ImageError("no image files found in " + ", ".join(shown(i) for i in images) +
+                         f"; name images ({', '.join(IMAGE_SUFFIXES)}) or folders holding them")
+    for path in paths:
+        check_image(path)
     return paths
 
 
-def _readable_image(path: Path) -> bool:
-    import cv2
+def output_stems(paths: list[Path]) -> list[str]:
+    """A distinct output name per image (case-insensitively): the file stem; where stems collide,
+    the file name (``x.png``, ``x.jpg``); where those collide in different folders, the folders
+    that tell them apart (``a_x.png``, ``b_x.png``); as a last resort a counter (``x.png-2``)."""
+    def clashes(names: list[str]) -> list[list[int]]:
+        groups: dict[str, list[int]] = {}
+        for index, name in enumerate(names):
+            groups.setdefault(name.casefold(), []).append(index)
+        return [group for group in groups.values() if len(group) > 1]
 
-    return path.is_file() and path.stat().st_size > 0 and cv2.haveImageReader(str(path))
-
-
-def unique_stems(paths: list[Path]) -> list[str]:
-    """Output names per image: the file stem, with the suffix added where stems collide."""
-    stems = [p.stem for p in paths]
-    return [p.name.replace(".", "_") if stems.count(p.stem) > 1 else p.stem for p in paths]
+    names = [p.stem for p in paths]
+    for group in clashes(names):
+        for i in group:
+            names[i] = paths[i].name
+    folders = [p.resolve().parent.parts[1:] for p in paths]
+    for group in clashes(names):
+        for depth in range(1, 1 + max(len(folders[i]) for i in group)):
+            prefixes = [folders[i][-depth:] for i in group]
+            if len(set(prefixes)) == len(group):
+                for i, prefix in zip(group, prefixes):
+                    names[i] = "_".join((*prefix, names[i]))
+                break
+    for group in clashes(names):
+        for count, i in enumerate(group[1:], start=2):
+            names[i] = f"{names[i]}-{count}"
+    return names
 
 
 def safe(method_name: str) -> str:
@@ -77,33 +93,20 @@ def safe(method_name: str) -> str:
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
+    """An image file at ``path``, whole or not at all."""
     from onnxcam.runtime.image import save_image
 
-    partial = path.with_name(path.stem + ".partial" + path.suffix)
-    try:
-        save_image(partial, rgb)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(path, lambda temporary: save_image(temporary, rgb))
 
 
 def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        partial.write_text(text)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
-def write_npy(path: Path, array: np.ndarray) -> None:
-    partial = path.with_name(path.stem + ".partial.npy")
-    try:
-        np.save(partial, np.asarray(array, dtype=np.float32))
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """``array`` as float32 ``.npy`` at ``path`` (a staged file: see ``files.py``)."""
+    with open(path, "wb") as handle:
+        np.save(handle, np.asarray(array, dtype=np.float32))
 
 
 def read_labels(labels_file: Path | None) -> list[str] | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from onnxcam.runtime.cli.common import canonical_methods, embedder, image_paths, provider_option, write_text
+from onnxcam.runtime.cli.files import check_writable
 
 
 @click.command("evaluate")
@@ -82,6 +83,9 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], me
     paths = image_paths(images)
     chosen_layers = list(layers) or None
     get_layers(explainer.contract, chosen_layers)  # an unknown layer fails here, before any work
+    for path in (csv_path, json_path):
+        if path is not None:
+            check_writable(path)
     batch, _ = load_batch(paths, explainer.contract)
 
     report: dict[str, dict] = {}

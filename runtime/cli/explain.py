@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
-from onnxcam.runtime.cli.common import (canonical_methods, embedder, image_paths, method_help, provider_option, safe,
-                                        target_help, unique_stems, write_npy, write_png)
+from onnxcam.runtime.cli.common import (canonical_methods, embedder, image_paths, method_help, output_stems,
+                                        provider_option, safe, save_npy, target_help)
+from onnxcam.runtime.cli.files import staged
+from onnxcam.runtime.contract import shown
 
 COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "hot")
 
@@ -59,7 +61,7 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
     """
     from onnxcam.runtime import targets as kinds
     from onnxcam.runtime.explainer import Explainer
-    from onnxcam.runtime.image import attribution_image, caption, load_batch, overlay
+    from onnxcam.runtime.image import attribution_image, caption, load_batch, overlay, save_image
     from onnxcam.runtime.methods import get_method
 
     methods_ = canonical_methods(methods_)
@@ -71,12 +73,12 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
     target = explainer.target(target, top_k)  # checked against the output before any image is read
     paths = image_paths(images)
     chosen_layers = list(layers) or None
-    stems = unique_stems(paths)
+    stems = output_stems(paths)
     per_image = top_k or 1
     class_scores = target.name in ("class", "softmax") and contract.output.classes is not None
 
-    with click.progressbar(length=len(paths), label="explaining", file=sys.stderr,
-                           hidden=len(paths) <= batch_size) as bar:
+    with staged(out_dir) as out, click.progressbar(length=len(paths), label="explaining", file=sys.stderr,
+                                                   hidden=len(paths) <= batch_size) as bar:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             batch, views = load_batch(chunk, contract)
@@ -87,7 +89,6 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
             resolved = None if first.targets is None else first.targets.reshape(len(chunk), -1)
             scores = {m: (r.scores if class_scores else r.target_scores).reshape(len(chunk), -1)
                       for m, r in results.items()}
-            out_dir.mkdir(parents=True, exist_ok=True)  # only once a batch has been explained
             for i, path in enumerate(chunk):
                 stem = stems[start + i]
                 for method_name, result in results.items():
@@ -105,13 +106,13 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
                         if top_k:
                             picture = caption(picture, f"{target.describe(contract, row, resolved)} "
                                                        f"{_score_text(class_scores, scores[method_name][i, rank])}")
-                        write_png(out_dir / f"{file_name}.png", picture)
+                        save_image(out.path(f"{file_name}.png"), picture)
                         if save_maps:
-                            write_npy(out_dir / f"{file_name}.npy", maps[i, rank])
+                            save_npy(out.path(f"{file_name}.npy"), maps[i, rank])
                 click.echo(_summary(path, contract, target, first, i, per_image, resolved, scores[first.method][i],
                                     class_scores))
             bar.update(len(chunk))
-    click.echo(f"wrote {len(paths) * len(methods_) * per_image} image(s) to {out_dir}/", err=True)
+    click.echo(f"wrote {len(paths) * len(methods_) * per_image} image(s) to {shown(out_dir)}/", err=True)
 
 
 def _score_text(class_scores: bool, value: float) -> str:
@@ -124,10 +125,10 @@ def _summary(path, contract, target, first, i, per_image, resolved, scores, clas
                           f"{_score_text(class_scores, scores[k])}" for k in range(per_image))
     if class_scores:
         top = int(first.logits[i].argmax())
-        line = f"{path}: top {top} {contract.label(top)!r} p={first.probabilities[i, top]:.3f}"
+        line = f"{shown(path)}: top {top} {contract.label(top)!r} p={first.probabilities[i, top]:.3f}"
         if per_image == 1:
             if int(resolved[i, 0]) == top:
                 return line
             explained = f"{int(resolved[i, 0])} {explained}"
         return f"{line}; explained {explained}"
-    return f"{path}: explained {explained}"
+    return f"{shown(path)}: explained {explained}"

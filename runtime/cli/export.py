@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from onnxcam.runtime.cli.common import read_labels
+from onnxcam.runtime.cli.files import check_writable
 
 
 @click.command("export")
@@ -19,7 +20,9 @@ from onnxcam.runtime.cli.common import read_labels
               help="Dotted module name to explain (repeat for several). Default: the recipe's layer.")
 @click.option("--input-size", type=int, default=None, help="Square input size in pixels. Default: the recipe's (224).")
 @click.option("--reshape", type=click.Choice(["auto", "none", "tokens", "nhwc"]), default=None,
-              help="How layer outputs become [N,C,h,w]; 'tokens' lays ViT tokens on a grid. Default: auto.")
+              help="How layer outputs become [N,C,h,w]: 'none' for [N,C,h,w], 'nhwc' for channels-last [N,h,w,C], "
+                   "'tokens' lays ViT tokens on a grid. Default: auto, read off the ops that make and read the layer "
+                   "(export asks where they do not say).")
 @click.option("--model-output", default=None,
               help="Which output to explain when the model returns a dict (key) or tuple (index). Default: the first "
                    "(torchvision segmenters: 'out').")
@@ -57,6 +60,7 @@ def command(architecture: str, output: Path, weights: Path | None, layers: tuple
         raise click.ClickException(
             f"export needs PyTorch and onnx ({error.name} is missing); install them with: pip install 'onnxcam[export]'"
         ) from None
+    check_writable(output)
     record = export_architecture(
         architecture, output, weights=weights, layers=list(layers) or None, input_size=input_size,
         reshape=reshape, labels=read_labels(labels_file), fp16=fp16, input_gradients=input_gradients,

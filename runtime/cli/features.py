@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from onnxcam.runtime.cli.common import provider_option, write_png
+from onnxcam.runtime.cli.files import check_writable
 
 
 @click.command("features")
@@ -29,13 +30,20 @@ def command(model: Path, image: Path, layer: str | None, count: int, output: Pat
       onnxcam features effnet.onnx cat.jpg --count 25 -o cat-features.png
     """
     from onnxcam.runtime.explainer import Explainer
-    from onnxcam.runtime.image import feature_grid, load_batch
+    from onnxcam.runtime.contract import shown
+    from onnxcam.runtime.image import WRITE_SUFFIXES, ImageError, check_image, feature_grid, load_batch
 
     explainer = Explainer(model, providers=provider)
     chosen = explainer.contract.layer(layer if layer is not None else 0)
+    output = output or Path(f"{image.stem}.{chosen.name}.features.png")
+    if output.suffix.lower() not in WRITE_SUFFIXES:
+        raise ImageError(f"{shown(output)}: cannot write {output.suffix or 'suffix-less'} images; "
+                         f"name a {', '.join(WRITE_SUFFIXES)} file")
+    check_writable(output)
+    check_image(image)
     batch, _ = load_batch([image], explainer.contract)
     activation = explainer.activations(batch, chosen)[0]
     grid, channels = feature_grid(activation, count)
-    output = output or Path(f"{image.stem}.{chosen.name}.features.png")
     write_png(output, grid)
-    click.echo(f"wrote {output}: channels {', '.join(map(str, channels))} of {chosen.name} {list(chosen.shape)}")
+    click.echo(f"wrote {shown(output)}: channels {', '.join(map(str, channels))} of {chosen.name} "
+               f"{list(chosen.shape)}")

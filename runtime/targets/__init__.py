@@ -50,17 +50,19 @@ def as_target(targets, contract: Contract, top_k: int | None = None) -> Target:
     if top_k is not None:
         classes = contract.output.classes or 0
         if not 1 <= top_k <= classes:
-            raise InputError(f"top_k must be between 1 and {classes} (the model's classes), not {top_k}")
+            raise InputError(f"top_k must be between 1 and {classes} (the model's classes), not {top_k}; "
+                             "give a smaller --top-k")
     if isinstance(targets, Target):
         if top_k is not None:
             if not hasattr(targets, "classes"):
-                raise InputError(f"top_k ranks classes; target kind {targets.name!r} has none")
+                raise InputError(f"top_k ranks classes; target kind {targets.name!r} has none, "
+                                 "so drop --top-k or explain a class kind")
             targets = dataclasses.replace(targets, classes=np.arange(-1, -top_k - 1, -1)[None])
         return targets
     kind = default_target(contract) if contract.seeded else ClassTarget()
     if top_k is not None:
         if targets is not None:
-            raise InputError("give targets or top_k, not both")
+            raise InputError("targets and top_k were both given; give targets or top_k, not both")
         targets = np.arange(-1, -top_k - 1, -1)[None]
     if targets is None:
         return kind
@@ -68,7 +70,8 @@ def as_target(targets, contract: Contract, top_k: int | None = None) -> Target:
         return BinaryTarget(category=targets)
     if isinstance(kind, (ClassTarget, SegmentationTarget)):
         return type(kind)(classes=targets)
-    raise InputError(f"give a Target for this graph's [N, {', '.join(map(str, contract.output.shape))}] output")
+    raise InputError(f"targets {type(targets).__name__} do not fit this graph's [N, "
+                     f"{', '.join(map(str, contract.output.shape))}] output; give a Target (onnxcam.runtime.targets)")
 
 
 def parse(text: str | None, contract: Contract, embed: Callable[[Path], np.ndarray] | None = None) -> Target:

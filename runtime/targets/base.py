@@ -113,7 +113,7 @@ def per_image_array(values, images: int, what: str, dtype=np.int64) -> np.ndarra
         raise InputError(f"got {what}s of shape {tuple(array.shape)} for a batch of {images} image(s); "
                           f"give one per image, one for all, or an [images, K] array")
     if dtype is np.int64 and not np.issubdtype(array.dtype, np.integer):
-        raise InputError(f"{what}s must be integers, got {array.dtype}")
+        raise InputError(f"{what}s must be integers, got {array.dtype}; give whole numbers")
     return array.astype(dtype)
 
 

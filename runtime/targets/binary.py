@@ -34,7 +34,8 @@ class BinaryTarget(Target):
     def parse(cls, text, contract, embed=None):
         key = text.strip().lower()
         if key not in CATEGORIES:
-            raise InputError(f"binary category {text!r} is not one of positive, negative, predicted (or 1, 0, -1)")
+            raise InputError(f"binary category {text!r} is unknown; give positive, negative or predicted "
+                             "(or 1, 0, -1)")
         return cls(category=CATEGORIES[key])
 
     @classmethod
@@ -50,7 +51,8 @@ class BinaryTarget(Target):
     def feeds(self, contract: Contract, images: int) -> dict[str, np.ndarray]:
         array = per_image_array(self.category, images, "binary category")
         if not np.isin(array, (-1, 0, 1)).all():
-            raise InputError("a binary category is 1 (positive), 0 (negative) or -1 (the predicted side)")
+            raise InputError("a binary category is out of range; give 1 (positive), 0 (negative) or -1 (the "
+                             "predicted side)")
         return {TARGET: array}
 
     def build(self, b: Builder, output: str, contract) -> Seeded:

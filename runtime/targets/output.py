@@ -70,13 +70,13 @@ class OutputTarget(Target):
         if isinstance(chosen, tuple):
             if len(chosen) > len(shape):
                 raise InputError(f"output index has {len(chosen)} parts, but the output is "
-                                  f"[N, {', '.join(map(str, shape))}] ({len(shape)} axes after the batch)")
+                                  f"[N, {', '.join(map(str, shape))}]; give one index or slice per axis after the batch")
             mask = np.zeros(shape, np.float32)
             try:
                 mask[chosen] = 1
-            except IndexError as error:
-                raise InputError(f"output index out of range for an output [N, {', '.join(map(str, shape))}]: "
-                                  f"{error}") from None
+            except IndexError:
+                raise InputError(f"output index {self.selection!r} is out of range for an output [N, "
+                                  f"{', '.join(map(str, shape))}]; give indices within each axis") from None
             if not mask.any():
                 raise InputError("the output index selects nothing; check the slice bounds")
             return mask
@@ -92,7 +92,8 @@ class OutputTarget(Target):
         if mask.ndim == len(contract.output.shape):
             mask = np.broadcast_to(mask, (images, 1, *mask.shape))
         if mask.shape[0] != images:
-            raise InputError(f"got selections for {mask.shape[0]} image(s) in a batch of {images}")
+            raise InputError(f"got selections for {mask.shape[0]} image(s) in a batch of {images}; "
+                             "give one per image or one for all")
         return {SELECTION: np.ascontiguousarray(mask, np.float32)}
 
     def build(self, b: Builder, output: str, contract) -> Seeded:

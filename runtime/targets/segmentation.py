@@ -29,7 +29,8 @@ def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A mask ``[h, w]`` (any numbers; > 0 is inside) resized to ``size`` nearest → float32 0/1 ``[H, W]``."""
     mask = np.asarray(mask)
     if mask.ndim != 2 or 0 in mask.shape:
-        raise InputError(f"a segmentation mask must be a 2-D [H, W] image, got shape {tuple(mask.shape)}")
+        raise InputError(f"a segmentation mask must be a 2-D [H, W] image, got shape {tuple(mask.shape)}; "
+                         "give one mask per image")
     inside = (mask > 0).astype(np.uint8)
     if inside.shape != tuple(size):
         inside = cv2.resize(inside, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
@@ -88,7 +89,8 @@ class SegmentationTarget(Target):
                 raise InputError(f"segmentation masks of shape {tuple(masks.shape)} do not fit a batch of "
                                   f"{images}; give [H, W], [N, H, W] or [N, K, H, W]")
             if masks.shape[1] not in (1, classes.shape[1]):
-                raise InputError(f"got {masks.shape[1]} masks an image for {classes.shape[1]} classes an image")
+                raise InputError(f"got {masks.shape[1]} masks an image for {classes.shape[1]} classes an image; "
+                                 "give one mask per class, or one for all")
             fitted = np.stack([[fit_mask(m, size) for m in image] for image in masks])
             feeds[MASK] = np.ascontiguousarray(np.broadcast_to(fitted, (images, classes.shape[1], *size)))
         return feeds
@@ -140,5 +142,5 @@ def load_mask(path, preprocessing: dict) -> np.ndarray:
     the model's view: resized and centre-cropped as the photo is (``image.fit_to_input``)."""
     from onnxcam.runtime.image import fit_to_input, load_image
 
-    view = fit_to_input(load_image(path), preprocessing)
+    view = fit_to_input(load_image(path, preprocessing), preprocessing)
     return np.where(view.max(axis=2) >= 128, 255, 0).astype(np.uint8)

@@ -48,7 +48,8 @@ class SimilarityTarget(Target):
                 raise InputError(f"{path}: not a readable .npy array ({error}); save the vector with numpy.save") from None
             vector = np.asarray(vector, np.float32)
             if vector.ndim != 1:
-                raise InputError(f"{path}: a concept vector must be 1-D [D], got shape {tuple(vector.shape)}")
+                raise InputError(f"{path}: a concept vector must be 1-D [D], got shape {tuple(vector.shape)}; "
+                                 "save one embedding vector")
             return cls(concept=vector, concept_name=path.stem)
         if embed is None:
             raise InputError("a reference image needs the model to embed it; pass a .npy vector instead")
@@ -76,10 +77,12 @@ class SimilarityTarget(Target):
             concept = np.broadcast_to(concept, (images, 1, concept.shape[0]))
         elif concept.ndim == 2:
             if len(concept) != images:
-                raise InputError(f"got {len(concept)} concept vectors for a batch of {images}; one per image or one for all")
+                raise InputError(f"got {len(concept)} concept vectors for a batch of {images}; "
+                                 "give one per image or one for all")
             concept = concept[:, None]
         if concept.ndim != 3 or concept.shape[0] != images:
-            raise InputError(f"concept vectors of shape {tuple(concept.shape)} do not fit a batch of {images}")
+            raise InputError(f"concept vectors of shape {tuple(concept.shape)} do not fit a batch of {images}; "
+                             "give [D], [N, D] or [N, K, D]")
         if not np.isfinite(concept).all() or not np.abs(concept).sum(axis=-1).all():
             raise InputError("a concept vector is zero or not finite; give a real embedding")
         return {CONCEPT: np.ascontiguousarray(concept)}
