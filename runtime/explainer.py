@@ -92,14 +92,7 @@ class Explainer:
             raise InputError(f"input batch has dtype {batch.dtype}; pass float32 values already normalised")
         if batch.shape[0] == 0:
             raise InputError("input batch is empty; pass at least one image")
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        finite = np.isfinite(batch).reshape(len(batch), -1).all(axis=1)
-        if not finite.all():
-            images = np.flatnonzero(~finite)
-            raise InputError(f"input batch has non-finite values (NaN or Inf) in image {int(images[0])}"
-                             f"{f' and {len(images) - 1} more' if len(images) > 1 else ''}; check the images and "
-                             "the preprocessing (a std or scale of 0 divides by zero)")
-        return batch
+        return methods.check_input(np.ascontiguousarray(batch, dtype=np.float32))
 
     def target(self, targets=None, top_k: int | None = None) -> Target:
         """The Target a call's ``targets``/``top_k`` stand for, checked against the graph's output."""
@@ -172,8 +165,11 @@ class Explainer:
             result = self._explain_columns(batch, spec, rows_input, chosen, eigen_smooth)
         elif self.postprocess == "graph" and spec.graph_weights is not None and not eigen_smooth:
             result = self.sessions.explain_in_graph(target, batch, feeds, spec.name, chosen)
+            if not methods.all_finite(result.maps):  # float32 overflow in the graph: numpy names it or redoes it in float64
+                result = self._explain_in_numpy(batch, target, feeds, spec, chosen, eigen_smooth)
         else:
             result = self._explain_in_numpy(batch, target, feeds, spec, chosen, eigen_smooth)
+        methods.check_output(result.logits)  # a map explaining a NaN score is finite but means nothing
         result = result.per_image(len(batch))
         return result if per_image_axis else result.single()
 
@@ -207,7 +203,7 @@ class Explainer:
         for layer in chosen:
             weights = spec.passes(context, layer) if context is not None else None
             raw = spec.raw_map(outputs[layer.activation], outputs.get(layer.gradient),
-                               outputs.get(layer.cam_weight), eigen_smooth, weights)
+                               outputs.get(layer.cam_weight), eigen_smooth, weights, layer=layer.name)
             raw_maps[layer.name] = raw
             scaled.append(methods.layer_map(raw, size))
         maps = methods.fuse_layers(scaled) if scaled else None

@@ -6,18 +6,19 @@ from __future__ import annotations
 from onnxcam.runtime.methods import (ablationcam, cam, eigencam, eigengradcam, gradcam, gradcam_elementwise,
                                      gradcampp, guided_backprop, guided_gradcam, hirescam, kpca_cam, layercam,
                                      saliency, scorecam, xgradcam)
-from onnxcam.runtime.methods.base import (EPSILON_NORMALISE, Method, Passes, first_component_projection,
-                                          fuse_layers, guided_gradcam as guided_gradcam_maps,
-                                          kernel_component_projection, layer_map, normalise, resize, saliency_map,
-                                          softmax, weighted_sum)
+from onnxcam.runtime.methods.base import (EPSILON_NORMALISE, Method, Passes, all_finite, check_finite, check_input,
+                                          check_output, first_component_projection, fuse_layers,
+                                          guided_gradcam as guided_gradcam_maps, kernel_component_projection,
+                                          layer_map, normalise, resize, saliency_map, softmax, weighted_sum)
 
 _MODULES = (cam, gradcam, gradcampp, xgradcam, hirescam, gradcam_elementwise, layercam, eigencam, eigengradcam,
             kpca_cam, scorecam, ablationcam, saliency, guided_backprop, guided_gradcam)
 METHODS: dict[str, Method] = {module.METHOD.name: module.METHOD for module in _MODULES}
 
-__all__ = ["METHODS", "Method", "Passes", "get_method", "EPSILON_NORMALISE", "first_component_projection",
-           "fuse_layers", "guided_gradcam_maps", "kernel_component_projection", "layer_map", "normalise", "resize",
-           "saliency_map", "softmax", "weighted_sum"]
+__all__ = ["METHODS", "Method", "Passes", "get_method", "EPSILON_NORMALISE", "all_finite", "check_finite",
+           "check_input", "check_output", "first_component_projection", "fuse_layers", "guided_gradcam_maps",
+           "kernel_component_projection", "layer_map", "normalise", "resize", "saliency_map", "softmax",
+           "weighted_sum"]
 
 
 def _key(name: str) -> str:

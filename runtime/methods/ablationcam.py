@@ -3,13 +3,22 @@
 Channel ``c`` of the layer's output set to the ablation value gives score ``y_c``; the weight
 is the relative drop ``w_c = (y − y_c) / y`` of the target's own score ``y``. Only the model
 from the layer on runs (the graph's ``tail``, docs/explainer-graph.md), in chunks.
+
+Where ``y = 0`` the relative drop is undefined (pytorch-grad-cam returns NaN or ±Inf weights,
+and so a NaN map). The map is min-max normalised, which no positive factor changes (but for
+its 1e-7), so onnxcam takes the limit of the map as ``y → 0⁺``: the drops scaled by the
+largest, ``w_c = (y − y_c) / max_k |y − y_k|`` — the same where ``y`` is so near 0 that the
+quotient overflows float32, signed as ``y`` there, as pytorch-grad-cam's quotient is — and 0
+where no ablation changes the score (``relative_drops``). A NaN or ±Inf score, unablated
+or ablated, is an ``InputError``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from onnxcam.runtime.methods.base import Forward, Method, Passes, Scorer
+from onnxcam.runtime.contract import InputError
+from onnxcam.runtime.methods.base import MODEL_HINT, Forward, Method, Passes, Scorer, check_finite
 
 OFFSET = np.float32(1e7)  # pytorch-grad-cam's AblationLayer, for layers whose minimum is not 0
 CHUNK = 32
@@ -31,12 +40,37 @@ def ablation_values(layer_output: np.ndarray, count: int, chunk: int) -> np.ndar
     return values
 
 
+def relative_drops(full: float, ablated: np.ndarray) -> np.ndarray:
+    """``[C]`` weights from the target's score ``full`` (``y``) and its scores with each channel
+    ablated ``[C]`` (``y_c``): ``(y − y_c) / y`` in float32, as pytorch-grad-cam computes it, where
+    that is finite; where ``y = 0``, or ``|y|`` is so small that the quotient overflows float32,
+    ``± (y − y_c) / max_k |y − y_k|`` (+ for ``y = 0``, else the sign of ``y``): the limit of the
+    normalised map as ``y → 0⁺`` (module docstring); zeros where every ``y_c = y``."""
+    full, ablated = np.float32(full), np.asarray(ablated, np.float32)
+    if full != 0:
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            weights = (full - ablated) / full
+        if np.isfinite(weights).all():
+            return weights
+    drops = np.float64(full) - ablated.astype(np.float64)
+    largest = np.abs(drops).max(initial=0.0)
+    if largest == 0:
+        return np.zeros(len(ablated), np.float32)
+    return np.float32((-1.0 if full < 0 else 1.0) * drops / largest)
+
+
 def ablation_cam_weights(layer_output: np.ndarray, score: Scorer, full: float, tail: Forward, channel_axis: int = 0,
-                         chunk: int = CHUNK) -> np.ndarray:
+                         chunk: int = CHUNK, where: str = "the layer") -> np.ndarray:
     """One row's weights. ``layer_output``: the layer's output as the rest of the model reads it,
     without the batch (``[C, h, w]``, or ``[T, C]`` tokens with ``channel_axis=1``); ``tail`` runs
     the model from there on; ``score``: outputs → the target's score; ``full``: that score on the
-    unablated model. → ``[C]``."""
+    unablated model; ``where``: the layer (and row), for error messages. → ``[C]``
+    (``relative_drops``). A NaN or ±Inf score is an ``InputError``."""
+    check_finite(f"{where}: its output", layer_output, MODEL_HINT)
+    if not np.isfinite(full):
+        raise InputError(f"Ablation-CAM at {where}: the target's score is {float(full)}; the model computed it "
+                         "from this input (an overflow or NaN inside the network): check the input's preprocessing "
+                         "and scale")
     channels = layer_output.shape[channel_axis]
     values = ablation_values(layer_output, channels, chunk)
     moved = np.moveaxis(layer_output, channel_axis, 0)
@@ -47,8 +81,13 @@ def ablation_cam_weights(layer_output: np.ndarray, score: Scorer, full: float, t
         copies[np.arange(len(indices)), indices] = values[indices].reshape(-1, *([1] * (moved.ndim - 1)))
         batch = np.ascontiguousarray(np.moveaxis(copies, 1, channel_axis + 1), dtype=np.float32)
         ablated_scores[start:start + len(indices)] = score(tail(batch))
-    full = np.float32(full)
-    return (full - ablated_scores) / full
+    bad = np.flatnonzero(~np.isfinite(ablated_scores))
+    if len(bad):
+        raise InputError(f"Ablation-CAM at {where}: the target's score is NaN or infinite with {len(bad)} of "
+                         f"{channels} channel(s) ablated (first: channel {bad[0]}, set to {values[bad[0]]:g}); the "
+                         "model after the layer overflows on the ablated activations: use another method (e.g. "
+                         "scorecam) here")
+    return relative_drops(full, ablated_scores)
 
 
 def passes(context: Passes, layer) -> np.ndarray:
@@ -56,7 +95,8 @@ def passes(context: Passes, layer) -> np.ndarray:
     tail, layer_output = context.tail(layer), context.outputs[layer.tail["input"]]
     return np.stack([ablation_cam_weights(layer_output[r], context.scorers[r],
                                           context.scorers[r](context.model_output[r:r + 1])[0], tail,
-                                          channel_axis=layer.tail["channel_axis"] - 1)
+                                          channel_axis=layer.tail["channel_axis"] - 1,
+                                          where=f"layer {layer.name!r}, row {r}")
                      for r in range(len(context.scorers))])
 
 
