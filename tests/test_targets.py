@@ -358,7 +358,7 @@ def test_kinds_that_do_not_fit_are_refused(zoo, embedder):
         explainer.explain(batch, targets=BinaryTarget())
     with pytest.raises(InputError, match="concept vector has 7 values.*2048"):
         Explainer(embedder[1], providers="cpu").explain(batch[:, :, :128, :128], targets=SimilarityTarget(np.ones(7)))
-    with pytest.raises(InputError, match="output index out of range"):
+    with pytest.raises(InputError, match="output index .1000. is out of range for an output \\[N, 1000\\]; give"):
         explainer.explain(batch, targets=OutputTarget("1000"))
     model, seg_path, _, size = segmenter("fcn_resnet50")
     seg = Explainer(seg_path, providers="cpu")
