@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 
 from onnxcam.export import onnx_grad
 from onnxcam.export.onnx_grad import Builder, GradientError, ancestors, float_tensors_from, path_nodes
-from onnxcam.export.onnx_io import check_explainer, onnxcam_version, write_checked
+from onnxcam.export.onnx_io import check_explainer, first_line, onnxcam_version, write_checked
 from onnxcam.export.tokens import token_grid
 from onnxcam.runtime import contract, graphkit, subgraph
 
@@ -184,7 +184,7 @@ def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))
     except Exception as error:  # protobuf raises assorted types for a file that is not ONNX
-        raise AugmentError(f"{path}: not an ONNX model ({_first_line(error)})") from None
+        raise AugmentError(f"{path}: not an ONNX model ({first_line(error)})") from None
 
 
 def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -197,14 +197,9 @@ def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
             model = onnx.version_converter.convert_version(model, OPSET)
         except Exception as error:
             raise AugmentError(f"cannot convert the model from opset {version} to {OPSET} "
-                               f"({_first_line(error)}); re-export it at opset {OPSET}") from None
+                               f"({first_line(error)}); re-export it at opset {OPSET}") from None
     model.ir_version = min(max(model.ir_version, 8), MAX_IR_VERSION)
     return model
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # -- the image input ------------------------------------------------------------------------
@@ -604,7 +599,7 @@ def _check_proto(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model)
     except Exception as error:
-        raise AugmentError(f"the augmented graph does not pass onnx.checker ({_first_line(error)}); "
+        raise AugmentError(f"the augmented graph does not pass onnx.checker ({first_line(error)}); "
                            "please report this with the model") from None
 
 
@@ -634,7 +629,7 @@ def _source_reference(source: onnx.ModelProto, found: _Analysis) -> Callable[[np
             return sessions[0].run([sink], {name: np.ascontiguousarray(images.astype(dtype))})[0]
         except Exception as error:  # onnxruntime's own exception types
             raise AugmentError(f"the model itself does not run in onnxruntime on a random batch "
-                               f"({_first_line(error)}), so the augmented graph cannot be checked against it; "
+                               f"({first_line(error)}), so the augmented graph cannot be checked against it; "
                                "please report this with the model") from None
 
     return run
