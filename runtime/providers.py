@@ -80,13 +80,15 @@ def with_options(providers: Sequence[str], **cuda_options: str) -> list:
     return [(CUDA, {"use_tf32": "0", **cuda_options}) if name == CUDA else name for name in providers]
 
 
-def open_session(model: str | Path | bytes, providers: Sequence[str], what: str = "model") -> ort.InferenceSession:
-    """An ``InferenceSession`` on exactly ``providers``; refuses a silent CUDA → CPU fallback."""
+def open_session(model: str | Path | bytes, providers: Sequence[str], what: str = "model",
+                 **cuda_options: str) -> ort.InferenceSession:
+    """An ``InferenceSession`` on exactly ``providers`` (``cuda_options``: ``with_options``'); refuses a silent
+    CUDA → CPU fallback. Every session the runtime opens goes through here."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
-                                       sess_options=options, providers=with_options(providers))
+                                       sess_options=options, providers=with_options(providers, **cuda_options))
     except Exception as error:  # onnxruntime raises its own exception types
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ContractError(f"{what}: onnxruntime cannot load this file as an ONNX model ({first_line}); "

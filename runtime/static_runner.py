@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxcam.runtime.providers import CPU, CUDA, with_options
+from onnxcam.runtime.providers import CPU, CUDA, open_session
 
 
 def fix_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
@@ -47,10 +47,8 @@ class StaticRunner:
         output_shapes: the outputs' shapes for those inputs (bound buffers need fixed sizes, and
         a plain run first would break CUDA-graph capture)."""
         fixed = fix_inputs(model, {name: array.shape for name, array in inputs.items()})
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        providers = with_options([CUDA], enable_cuda_graph="1") if cuda else [CPU]
-        self.session = ort.InferenceSession(fixed.SerializeToString(), options, providers=providers)
+        self.session = (open_session(fixed.SerializeToString(), [CUDA], "explainer graph", enable_cuda_graph="1")
+                        if cuda else open_session(fixed.SerializeToString(), [CPU], "explainer graph"))
         device = "cuda" if cuda else "cpu"
         self.output_names = list(output_names)
         self._inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(list(array.shape), array.dtype, device, 0)

@@ -57,3 +57,23 @@ def one_hot_seed(classes, count: int) -> np.ndarray:
     seed = np.zeros((len(classes), 1, count), np.float32)
     seed[np.arange(len(classes)), 0, classes] = 1
     return seed
+
+
+@pytest.fixture
+def cuda_listed_but_broken(monkeypatch):
+    """onnxruntime lists CUDA, but every session it opens comes back on the CPU only (what the GPU build does
+    when the CUDA or cuDNN libraries are missing), on any machine. Yields the provider lists sessions were
+    asked for."""
+    import onnxruntime
+
+    cuda, cpu = "CUDAExecutionProvider", "CPUExecutionProvider"
+    real_session = onnxruntime.InferenceSession
+    asked = []
+
+    def session_without_cuda(model, sess_options=None, providers=None, **kwargs):
+        asked.append([p[0] if isinstance(p, tuple) else p for p in providers or []])
+        return real_session(model, sess_options=sess_options, providers=[cpu], **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session_without_cuda)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [cuda, cpu])
+    yield asked

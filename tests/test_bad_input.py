@@ -390,7 +390,10 @@ def test_interrupt_exits_130_and_keeps_no_output(graph, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen([*ONNXCAM, "explain", str(graph), str(folder), "--out", str(out), "--batch-size", "1",
                                 "-m", "scorecam", "--provider", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               # as from a terminal: a shell's background job (CI's, say) starts with SIGINT
+                               # ignored, and a child that inherits that rightly never sees the signal
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     process.stdout.readline()  # the first image is explained and staged
     staged = [p for p in out.rglob("*.png")] if out.exists() else []
     process.send_signal(signal.SIGINT)
@@ -416,3 +419,69 @@ def test_concurrent_runs_into_one_folder(graph, photos, tmp_path):
     assert len(written) == 16 and not [p for p in files_under(out) if p.name.startswith(".")], written
     for path in out.iterdir():
         assert load_image(path).shape == (48, 48, 3)
+
+
+@pytest.fixture
+def disk_full_after(monkeypatch):
+    """``disk_full_after(k)``: from the ``k+1``-th file written on (``Path.write_bytes``/``write_text``,
+    ``numpy.save``: every way the CLI writes), each write fails as on a full disk: half the bytes land, then
+    ``OSError`` ENOSPC. Returns the list of files written to since."""
+    import errno
+
+    written, limit = [], [float("inf")]  # no failure until ``after`` is called
+
+    def failing(write, first_half):
+        def wrapper(target, data, *args, **kwargs):
+            written.append(str(getattr(target, "name", target)))
+            if len(written) > limit[0]:
+                write(target, first_half(data), *args, **kwargs)
+                raise OSError(errno.ENOSPC, "No space left on device", str(getattr(target, "name", target)))
+            return write(target, data, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(Path, "write_bytes", failing(Path.write_bytes, lambda data: bytes(data)[:len(data) // 2]))
+    monkeypatch.setattr(Path, "write_text", failing(Path.write_text, lambda text: text[:len(text) // 2]))
+    monkeypatch.setattr(np, "save", failing(np.save, lambda array: np.asarray(array).ravel()[:1]))
+
+    def after(count: int) -> list:
+        limit[0] = count
+        written.clear()
+        return written
+
+    return after
+
+
+def assert_write_failed(result, name: str) -> None:
+    """Exit 1, no traceback, and the last stderr line the only ``Error:`` line, naming the file as it was meant
+    to be called (progress lines printed before the failure may precede it)."""
+    assert result.exit_code == 1, (result.exit_code, result.output)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("Error:")] == lines[-1:], result.stderr
+    assert re.fullmatch(rf"Error: \S*{re.escape(name)}: writing failed \(No space left on device\); nothing of this "
+                        r"run was kept; check the free disk space and the folder's permissions", lines[-1]), lines[-1]
+
+
+def test_a_write_that_fails_midway_leaves_no_output(graph, photos, tmp_path, disk_full_after):
+    """Files are whole or absent: the third of four overlays fails halfway (a full disk), and the run keeps
+    nothing of its own, nor a partial file; what was in the folder before is untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.png").write_bytes(b"from an earlier run")
+    written = disk_full_after(2)
+    result = run("explain", graph, photos, "-m", "gradcam", "-m", "gradcam++", "--out", out)
+    assert_write_failed(result, "out/coffee.gradcam.png")  # chelsea's two, then coffee's first
+    assert len(written) == 3
+    assert files_under(out) == [out / "earlier.png"] and (out / "earlier.png").read_bytes() == b"from an earlier run"
+    disk_full_after(0)
+    fresh = tmp_path / "fresh"
+    assert_write_failed(run("explain", graph, photos, "--out", fresh), "fresh/chelsea.gradcam.png")
+    assert not fresh.exists()  # the folder this run made is gone again
+    assert_write_failed(run("features", graph, photos / "chelsea.png", "-o", tmp_path / "f.png"), "/f.png")
+    assert_write_failed(run("evaluate", graph, photos, "--metric", "avg-drop", "--csv", tmp_path / "e.csv"),
+                        "/e.csv")
+    disk_full_after(1)  # the maps (.npy) too
+    result = run("explain", graph, photos / "chelsea.png", "--save-maps", "--out", out)
+    assert_write_failed(result, "out/chelsea.gradcam.npy")
+    assert files_under(out) == [out / "earlier.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "photos"]

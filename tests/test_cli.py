@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -53,17 +54,36 @@ def test_info_prints_the_contract(tiny):
 
 def test_explain_writes_overlays_and_maps(tiny, photos, tmp_path):
     out = tmp_path / "out"
-    result = run("explain", tiny, photos, "-m", "gradcam", "-m", "gradcam++", "--out", out, "--save-maps")
+    result = run("explain", tiny, photos, "-m", "gradcam", "-m", "gradcam++", "--out", out, "--save-maps",
+                 "--provider", "cpu", "--alpha", "0.4")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{stem}.{m}.{ext}" for stem in ("chelsea", "coffee") for m in ("gradcam", "gradcampp") for ext in ("png", "npy"))
     assert "chelsea.png: top " in result.output and "coffee.png: top " in result.output
-    overlay_image = load_image(out / "chelsea.gradcam.png")
-    assert overlay_image.shape == (48, 48, 3)
+    explainer = Explainer(tiny, providers="cpu")  # the CLI ran on the CPU too: same provider, same numbers
+    batch, views = load_batch([photos / "chelsea.png"], explainer.contract)
     saved = np.load(out / "chelsea.gradcampp.npy")
-    explainer = Explainer(tiny, providers="cpu")
-    batch, _ = load_batch([photos / "chelsea.png"], explainer.contract)
     np.testing.assert_allclose(saved, explainer.explain(batch, method="gradcam++").maps[0], atol=1e-6)
+    # the overlay is the saved map on the view, blended as pytorch-grad-cam's show_cam_on_image blends
+    for method in ("gradcam", "gradcampp"):
+        overlay_image = load_image(out / f"chelsea.{method}.png")
+        assert overlay_image.shape == (48, 48, 3)
+        assert_overlay_matches_show_cam_on_image(overlay_image, views[0], np.load(out / f"chelsea.{method}.npy"), 0.4)
+
+
+def assert_overlay_matches_show_cam_on_image(overlay_image, view, map_, alpha):
+    """``onnxcam.runtime.image.overlay`` against pytorch-grad-cam's ``show_cam_on_image(view / 255, map_,
+    use_rgb=True, image_weight=1 - alpha)``, with its documented difference undone: show_cam_on_image divides
+    the blend by its maximum and truncates (``uint8(255 · blend / max)``), onnxcam rounds ``255 · blend``. So
+    ``show · max`` must be within 0.5 + max ≤ 1.5 levels of onnxcam's pixels (max of the blend in [0, 1])."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    shown = show_cam_on_image(view.astype(np.float32) / 255, map_, use_rgb=True, image_weight=1 - alpha)
+    # the blend's maximum, from the same formula: alpha · colormap(map) + (1 - alpha) · view, in [0, 1]
+    heat = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * map_), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    maximum = np.max(alpha * np.float32(heat) / 255 + (1 - alpha) * view.astype(np.float32) / 255)
+    difference = np.abs(overlay_image.astype(np.float64) - shown.astype(np.float64) * maximum)
+    assert difference.max() <= 0.5 + maximum + 1e-3, difference.max()
 
 
 def test_explain_with_a_fixed_target(tiny, photos, tmp_path):
@@ -139,7 +159,7 @@ def test_cuda_request_never_falls_back_silently(tiny, photos, tmp_path):
 def test_numpy_methods_and_eigen_smooth_from_the_cli(tiny, photos, tmp_path):
     out = tmp_path / "out"
     result = run("explain", tiny, photos / "chelsea.png", "-m", "layercam", "-m", "EigenCAM", "--eigen-smooth",
-                 "--save-maps", "--out", out)
+                 "--save-maps", "--out", out, "--provider", "cpu")
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == {"chelsea.layercam.png", "chelsea.layercam.npy",
                                               "chelsea.eigencam.png", "chelsea.eigencam.npy"}
@@ -172,3 +192,71 @@ def test_features_of_a_missing_layer(tiny, photos, tmp_path):
     result = run("features", tiny, photos / "coffee.png", "--layer", "nope", "-o", tmp_path / "g.png")
     assert_one_line_error(result, r"layer 'nope' is not explained by this graph")
     assert not (tmp_path / "g.png").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_two_layers(tmp_path_factory):
+    """TinyNet explained at ``features.3`` (a conv before the last ReLU: no GAP + linear head follows it) and at
+    ``features`` (which feeds the head)."""
+    path = tmp_path_factory.mktemp("cli2") / "tiny-two-layers.onnx"
+    result = run("export", "zoo:tiny", "--layer", "features.3", "--layer", "features", "--input-size", "48", "-o", path)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_cam_without_a_head_from_the_cli(tiny_two_layers, photos, tmp_path):
+    out = tmp_path / "out"
+    for layers in ([], ["--layer", "features.3"]):
+        result = run("explain", tiny_two_layers, photos, "-m", "cam", *layers, "--out", out, "--provider", "cpu")
+        assert_one_line_error(result, r"'cam' needs a global-average-pool \+ linear head.*'features\.3'.*gradcam")
+        assert not out.exists()
+    # the layer that feeds the head has CAM weights
+    result = run("explain", tiny_two_layers, photos, "-m", "cam", "--layer", "features", "--out", out,
+                 "--provider", "cpu")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["chelsea.cam.png", "coffee.cam.png"]
+
+
+def test_unknown_layer_from_the_cli(tiny, photos, tmp_path):
+    out = tmp_path / "out"
+    result = run("explain", tiny, photos, "--layer", "nosuchlayer", "--out", out, "--provider", "cpu")
+    assert_one_line_error(result, r"'nosuchlayer' is not explained.*'features'")
+    assert list(tmp_path.iterdir()) == [photos]  # no output folder, nothing beside it
+    assert sorted(p.name for p in photos.iterdir()) == ["chelsea.png", "coffee.png"]
+
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def test_a_listed_cuda_provider_that_does_not_start_is_refused(tiny, photos, tmp_path, cuda_listed_but_broken):
+    """``--provider cuda`` fails in one line and writes nothing (methods run from fetched tensors: the dynamic
+    session); ``--provider cpu`` still works."""
+    out = tmp_path / "out"
+    result = run("explain", tiny, photos, "-m", "eigencam", "--provider", "cuda", "--out", out)
+    assert_one_line_error(result, r"CUDA was asked for but onnxruntime could not start it.*--provider cpu")
+    assert not out.exists()
+    assert cuda_listed_but_broken and cuda_listed_but_broken[0][0] == CUDA  # asked for CUDA, got the CPU
+    result = run("explain", tiny, photos, "-m", "eigencam", "-m", "gradcam", "--provider", "cpu", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert len(list(out.iterdir())) == 4
+
+
+def test_a_listed_cuda_provider_that_does_not_start_is_refused_by_fixed_shape_runners(tiny, photos, tmp_path,
+                                                                                       cuda_listed_but_broken):
+    """The in-graph methods on CUDA run in fixed-shape sessions (``static_runner.py``): the same guard holds."""
+    out = tmp_path / "out"
+    result = run("explain", tiny, photos, "-m", "gradcam", "--provider", "cuda", "--out", out)
+    assert_one_line_error(result, r"CUDA was asked for but onnxruntime could not start it.*--provider cpu")
+    assert not out.exists()
+
+
+def test_an_unlisted_cuda_provider_is_refused_and_auto_runs_on_the_cpu(tiny, photos, tmp_path, monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CPU])
+    result = run("explain", tiny, photos, "--provider", "cuda", "--out", tmp_path / "cuda")
+    assert_one_line_error(result, r"CUDAExecutionProvider is not available.*onnxcam\[gpu\]")
+    assert not (tmp_path / "cuda").exists()
+    result = run("explain", tiny, photos, "--provider", "auto", "--out", tmp_path / "auto")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "auto").iterdir())) == 2

@@ -12,6 +12,7 @@ import pytest
 from conftest import random_batch
 from onnxcam.runtime import ContractError, Explainer, InputError, ProviderError, resolve_providers
 from onnxcam.runtime.contract import METADATA_KEY
+from test_parity import assert_layer_maps, assert_parity
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +20,10 @@ def resnet18(zoo):
     return zoo("resnet18")
 
 
-def test_explanation_fields(resnet18):
-    _, path, layers = resnet18
-    explainer = Explainer(path, providers="cpu")
+@pytest.mark.parametrize("postprocess", ["graph", "numpy"])
+def test_explanation_fields(resnet18, postprocess):
+    model, path, layers = resnet18
+    explainer = Explainer(path, providers="cpu", postprocess=postprocess)
     batch = random_batch("resnet18", count=2)
     result = explainer.explain(batch, method="gradcam++", targets=[5, -1])
     assert result.maps.shape == (2, 160, 160) and result.maps.dtype == np.float32
@@ -30,6 +32,9 @@ def test_explanation_fields(resnet18):
     assert result.targets.tolist() == [5, int(result.logits[1].argmax())]
     assert set(result.layer_maps) == set(layers)
     assert result.layer_maps["layer3"].shape == (2, 10, 10) and result.layer_maps["layer4"].shape == (2, 5, 5)
+    # each layer's raw map (the weighted sum before ReLU and normalisation) is pytorch-grad-cam's get_cam_image
+    assert_layer_maps(result.layer_maps, model, "resnet18", layers, "gradcam++", batch, result.targets)
+    assert_parity(result.maps, model, "resnet18", layers, "gradcam++", batch, result.targets)
     probabilities = np.exp(result.logits - result.logits.max(1, keepdims=True))
     probabilities /= probabilities.sum(1, keepdims=True)
     np.testing.assert_allclose(result.scores, probabilities[[0, 1], result.targets], rtol=1e-5)
@@ -99,18 +104,38 @@ def test_garbage_file_is_refused(tmp_path):
         Explainer(tmp_path / "missing.onnx")
 
 
-def test_provider_selection():
-    available = ort.get_available_providers()
-    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
-        assert resolve_providers(None) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        assert resolve_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    else:
-        assert resolve_providers(None) == ["CPUExecutionProvider"]
-        with pytest.raises(ProviderError, match="CUDAExecutionProvider is not available.*onnxcam\\[gpu\\]"):
-            resolve_providers("cuda")
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def test_provider_selection(monkeypatch):
+    """Both cases on every machine: onnxruntime made to list CUDA, then not."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    assert resolve_providers("cpu") == [CPU]
+    assert resolve_providers(None) == resolve_providers("auto") == [CUDA, CPU]
+    assert resolve_providers("cuda") == [CUDA, CPU]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU])
+    assert resolve_providers("cpu") == [CPU]
+    assert resolve_providers(None) == resolve_providers("auto") == [CPU]
+    with pytest.raises(ProviderError, match="CUDAExecutionProvider is not available.*onnxcam\\[gpu\\]"):
+        resolve_providers("cuda")
     with pytest.raises(ProviderError, match="TensorrtExecutionProvider|NoSuchProvider"):
         resolve_providers(["NoSuchProvider"])
+
+
+@pytest.mark.parametrize("static_batches", [False, True], ids=["dynamic", "fixed-shape"])
+def test_a_cuda_provider_that_does_not_start_is_refused(resnet18, cuda_listed_but_broken, static_batches):
+    """onnxruntime lists CUDA, but the session it opens runs on the CPU only (CUDA or cuDNN libraries missing):
+    ``open_session``'s guard refuses it instead of running on the CPU in silence, in the dynamic sessions and
+    in the fixed-shape ones (``static_runner.py``) alike."""
+    asked = cuda_listed_but_broken
+    batch = random_batch("resnet18", count=1)
+    explainer = Explainer(resnet18[1], providers="cuda", static_batches=static_batches)
+    assert explainer.providers == [CUDA, CPU]
+    with pytest.raises(ProviderError, match="CUDA was asked for but onnxruntime could not start it"):
+        explainer.explain(batch)
+    assert asked[-1][0] == CUDA
+    result = Explainer(resnet18[1], providers="cpu").explain(batch)  # the CPU, asked for, still runs
+    assert asked[-1] == [CPU] and result.maps.shape == (1, 160, 160)
 
 
 def test_static_batch_runners_give_the_same_maps(resnet18):

@@ -106,9 +106,9 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
                         if top_k:
                             picture = caption(picture, f"{target.describe(contract, row, resolved)} "
                                                        f"{_score_text(class_scores, scores[method_name][i, rank])}")
-                        save_image(out.path(f"{file_name}.png"), picture)
+                        out.write(f"{file_name}.png", lambda target, picture=picture: save_image(target, picture))
                         if save_maps:
-                            save_npy(out.path(f"{file_name}.npy"), maps[i, rank])
+                            out.write(f"{file_name}.npy", lambda target, m=maps[i, rank]: save_npy(target, m))
                 click.echo(_summary(path, contract, target, first, i, per_image, resolved, scores[first.method][i],
                                     class_scores))
             bar.update(len(chunk))

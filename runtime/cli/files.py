@@ -29,6 +29,12 @@ def _reason(error: OSError) -> str:
     return error.strerror or type(error).__name__
 
 
+def write_failed(path: Path, error: OSError) -> OutputError:
+    """The one line for a write that failed midway (a full disk, a folder that went away)."""
+    return OutputError(f"{shown(path)}: writing failed ({_reason(error)}); nothing of this run was kept; "
+                       "check the free disk space and the folder's permissions")
+
+
 def make_folder(folder: Path) -> list[Path]:
     """Create ``folder`` and missing parents; returns the folders created (outermost first), or an
     ``OutputError`` if a parent is a file or not writable."""
@@ -72,6 +78,15 @@ class Staged:
             raise OutputError(f"two outputs of this run are both named {shown(name)!r}; rename one of the inputs")
         self.names[key] = name
         return self.staging / name
+
+    def write(self, name: str, write: Callable[[Path], None]) -> None:
+        """``write(path)`` for the output file ``name`` (``path`` is in the staging folder); a failure is one
+        ``OutputError`` naming the file where it was meant to go."""
+        target = self.path(name)
+        try:
+            write(target)
+        except OSError as error:
+            raise write_failed(self.folder / name, error) from None
 
     def commit(self) -> list[Path]:
         """Move every staged file into ``folder``; returns their final paths."""
@@ -142,7 +157,9 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(Path(temporary))
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
         remove_folders(created)
+        if isinstance(error, OSError):
+            raise write_failed(path, error) from None
         raise
