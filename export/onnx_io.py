@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from onnxcam.runtime import contract
+from onnxcam.runtime.cli.files import usual_permissions
 
 
 def write_explainer(model_proto: onnx.ModelProto, record: dict, path: Path) -> None:
@@ -27,6 +28,7 @@ def write_explainer(model_proto: onnx.ModelProto, record: dict, path: Path) -> N
     partial = Path(name)
     try:
         onnx.save_model(model_proto, str(partial))
+        usual_permissions(partial)
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)

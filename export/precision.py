@@ -44,8 +44,12 @@ def convert_to_fp16(source: str | Path, destination: str | Path) -> dict:
         raise contract.ContractError(f"{source}: not an onnxcam explainer graph; export one first")
     record = json.loads(records[0].value)
     _detach_outputs(model.graph)
-    # scatter-add (max-pool backward) has no float16 kernel on some providers: keep it in float32
-    block = list(float16.DEFAULT_OP_BLOCK_LIST) + ["ScatterElements"]
+    # kept in float32: scatter-add (max-pool backward) has no float16 kernel on some providers;
+    # LayerNormalization's mean and inverse-std outputs (which the backward pass reads) are float32
+    # by the ONNX spec whatever the input type (its stash_type), and the converter would retype them
+    # float16, a graph onnxruntime refuses (ConvNeXt, Swin, ViT) — and normalising in float32 is
+    # also what mixed-precision training does
+    block = list(float16.DEFAULT_OP_BLOCK_LIST) + ["ScatterElements", "LayerNormalization"]
     converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     record["precision"] = "float16"
     for layer in record["layers"]:

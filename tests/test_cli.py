@@ -260,3 +260,29 @@ def test_an_unlisted_cuda_provider_is_refused_and_auto_runs_on_the_cpu(tiny, pho
     result = run("explain", tiny, photos, "--provider", "auto", "--out", tmp_path / "auto")
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "auto").iterdir())) == 2
+
+
+def test_outputs_get_the_usual_file_mode(tiny, photos, tmp_path):
+    """Every file the CLI writes has the mode a plain ``open`` gives (0666 less the umask), as the overlays always
+    had, not the 0600 of the hidden temporaries they are written through (the explainer graph from ``export``
+    and ``augment``, ``features -o``, ``evaluate --csv/--json``)."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)  # a known umask, the usual one
+    try:
+        result = run("features", tiny, photos / "chelsea.png", "-o", tmp_path / "f.png")
+        assert result.exit_code == 0, result.output
+        result = run("evaluate", tiny, photos, "--metric", "avg-drop", "--csv", tmp_path / "e.csv",
+                     "--json", tmp_path / "e.json", "--provider", "cpu")
+        assert result.exit_code == 0, result.output
+        result = run("explain", tiny, photos / "chelsea.png", "--out", tmp_path / "out", "--provider", "cpu")
+        assert result.exit_code == 0, result.output
+        result = run("augment", "--recipe", "rapidocr-cls", "-o", tmp_path / "cls.onnx")
+        assert result.exit_code == 0, result.output
+    finally:
+        os.umask(mask)
+    names = ("f.png", "e.csv", "e.json", "out/chelsea.gradcam.png", "cls.onnx")
+    modes = {name: oct(stat.S_IMODE((tmp_path / name).stat().st_mode)) for name in names}
+    assert modes == dict.fromkeys(names, "0o644")
+    assert oct(stat.S_IMODE(tiny.stat().st_mode)) == oct(0o666 & ~mask)  # `export`, under the session's umask

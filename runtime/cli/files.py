@@ -35,6 +35,14 @@ def write_failed(path: Path, error: OSError) -> OutputError:
                        "check the free disk space and the folder's permissions")
 
 
+def usual_permissions(path: Path) -> None:
+    """Give ``path`` (a ``mkstemp`` temporary: mode 0600) the mode a plain ``open`` gives a new file, 0666
+    less the umask, before it is renamed into place: outputs are readable as the user's other files are."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def make_folder(folder: Path) -> list[Path]:
     """Create ``folder`` and missing parents; returns the folders created (outermost first), or an
     ``OutputError`` if a parent is a file or not writable."""
@@ -156,6 +164,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     os.close(handle)
     try:
         write(Path(temporary))
+        usual_permissions(Path(temporary))
         os.replace(temporary, path)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
