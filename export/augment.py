@@ -24,9 +24,10 @@ from onnx import TensorProto, helper
 
 from onnxcam.export import onnx_grad
 from onnxcam.export.onnx_grad import Builder, GradientError, ancestors, float_tensors_from, path_nodes
-from onnxcam.export.onnx_io import check_explainer, first_line, onnxcam_version, write_checked
+from onnxcam.export.onnx_io import check_explainer, onnxcam_version, write_checked
 from onnxcam.export.tokens import token_grid
 from onnxcam.runtime import contract, graphkit, subgraph
+from onnxcam.runtime.contract import first_line
 
 OPSET = 18
 MAX_IR_VERSION = 10  # what onnxruntime >= 1.18 reads

@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam.runtime import graphkit
+from onnxcam.runtime.contract import first_line
 
 Shape = tuple  # of int (static), str (symbolic) or None (unknown) per axis
 Grads = list  # of str | None, one per node input
@@ -133,7 +134,7 @@ class Builder:
                 runs = [dict(zip(open_, session.run(open_, self._feeds(model, batch)))) for batch in (2, 3)]
             except Exception as error:  # onnxruntime's own exception types
                 raise GradientError(f"ONNX shape inference left some shapes open, and a trial run at batch 2 and 3 "
-                                    f"to measure them failed ({str(error).strip().splitlines()[0]}); a model that "
+                                    f"to measure them failed ({first_line(error)}); a model that "
                                     "fixes its batch size needs re-exporting with a dynamic batch") from None
             self._probe = {name: tuple(_batch_size(a, b) for a, b in zip(runs[0][name].shape, runs[1][name].shape))
                            for name in open_}

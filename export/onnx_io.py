@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from onnxcam.runtime import contract
+from onnxcam.runtime.contract import first_line
 from onnxcam.runtime.cli.files import usual_permissions
 
 
@@ -104,11 +105,6 @@ def write_checked(model: onnx.ModelProto, record: dict[str, Any], path: Path, ch
     finally:
         temporary.unlink(missing_ok=True)
     return record
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def onnxcam_version() -> str:

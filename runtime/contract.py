@@ -46,6 +46,12 @@ def shown(path: Any) -> str:
     return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def first_line(error: BaseException) -> str:
+    """An exception as one line for a message: its text's first line, or its type's name if it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def activation_name(index: int) -> str:
     return f"activation_{index}"
 

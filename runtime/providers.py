@@ -8,7 +8,7 @@ from typing import Sequence
 import onnx
 import onnxruntime as ort
 
-from onnxcam.runtime.contract import ContractError, shown
+from onnxcam.runtime.contract import ContractError, first_line, shown
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -62,8 +62,7 @@ def read_model(path: str | Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))
     except Exception as error:  # protobuf and onnx raise assorted types for a corrupt file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ContractError(f"{shown(path)}: not an ONNX model ({reason}); give an explainer .onnx made by "
+        raise ContractError(f"{shown(path)}: not an ONNX model ({first_line(error)}); give an explainer .onnx made by "
                             "`onnxcam export` or `onnxcam augment`") from None
 
 
@@ -90,8 +89,7 @@ def open_session(model: str | Path | bytes, providers: Sequence[str], what: str 
         session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
                                        sess_options=options, providers=with_options(providers, **cuda_options))
     except Exception as error:  # onnxruntime raises its own exception types
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ContractError(f"{what}: onnxruntime cannot load this file as an ONNX model ({first_line}); "
+        raise ContractError(f"{what}: onnxruntime cannot load this file as an ONNX model ({first_line(error)}); "
                             "re-export it with this onnxcam, or check the onnxruntime version") from None
     if CUDA in providers and CUDA not in session.get_providers():
         raise ProviderError(

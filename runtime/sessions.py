@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxcam.runtime import graph_methods, graphs, subgraph
-from onnxcam.runtime.contract import INPUT, RESOLVED_TARGET, TARGET, Contract, ContractError, Layer
+from onnxcam.runtime.contract import INPUT, RESOLVED_TARGET, TARGET, Contract, ContractError, Layer, first_line
 from onnxcam.runtime.explanation import Explanation
 from onnxcam.runtime.providers import CUDA, open_session, ort_errors
 from onnxcam.runtime.static_runner import StaticRunner
@@ -133,7 +133,7 @@ class Sessions:
                                                  cuda=self._cuda)
             return self._static[key](graph_feeds)
         except ort_errors() as error:  # e.g. a graph whose nodes cannot all be captured on the GPU
-            warnings.warn(f"{self.what}: fixed-shape/CUDA-graph runner failed ({str(error).splitlines()[0]}); "
+            warnings.warn(f"{self.what}: fixed-shape/CUDA-graph runner failed ({first_line(error)}); "
                           "using the dynamic session from now on", RuntimeWarning, stacklevel=4)
             self.static_batches = False
             return None

@@ -47,8 +47,9 @@ class StaticRunner:
         output_shapes: the outputs' shapes for those inputs (bound buffers need fixed sizes, and
         a plain run first would break CUDA-graph capture)."""
         fixed = fix_inputs(model, {name: array.shape for name, array in inputs.items()})
-        self.session = (open_session(fixed.SerializeToString(), [CUDA], "explainer graph", enable_cuda_graph="1")
-                        if cuda else open_session(fixed.SerializeToString(), [CPU], "explainer graph"))
+        # enable_cuda_graph reaches the CUDA provider only (``providers.with_options``)
+        self.session = open_session(fixed.SerializeToString(), [CUDA] if cuda else [CPU], "explainer graph",
+                                    enable_cuda_graph="1")
         device = "cuda" if cuda else "cpu"
         self.output_names = list(output_names)
         self._inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(list(array.shape), array.dtype, device, 0)

@@ -66,14 +66,14 @@ def cuda_listed_but_broken(monkeypatch):
     asked for."""
     import onnxruntime
 
-    cuda, cpu = "CUDAExecutionProvider", "CPUExecutionProvider"
+    from onnxcam.runtime.providers import CPU, CUDA
     real_session = onnxruntime.InferenceSession
     asked = []
 
     def session_without_cuda(model, sess_options=None, providers=None, **kwargs):
         asked.append([p[0] if isinstance(p, tuple) else p for p in providers or []])
-        return real_session(model, sess_options=sess_options, providers=[cpu], **kwargs)
+        return real_session(model, sess_options=sess_options, providers=[CPU], **kwargs)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", session_without_cuda)
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [cuda, cpu])
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, CPU])
     yield asked

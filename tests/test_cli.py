@@ -13,6 +13,7 @@ from conftest import skimage_photo
 from onnxcam.runtime import Explainer, load_batch
 from onnxcam.runtime.cli import main
 from onnxcam.runtime.image import load_image
+from onnxcam.runtime.providers import CPU, CUDA
 
 
 def run(*args: str):
@@ -223,9 +224,6 @@ def test_unknown_layer_from_the_cli(tiny, photos, tmp_path):
     assert_one_line_error(result, r"'nosuchlayer' is not explained.*'features'")
     assert list(tmp_path.iterdir()) == [photos]  # no output folder, nothing beside it
     assert sorted(p.name for p in photos.iterdir()) == ["chelsea.png", "coffee.png"]
-
-
-CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
 def test_a_listed_cuda_provider_that_does_not_start_is_refused(tiny, photos, tmp_path, cuda_listed_but_broken):

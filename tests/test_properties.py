@@ -667,6 +667,14 @@ def run_passes(name, activation, size, rng, classes=3):
     return context, weights, fuse_layers([layer_map(raw, size)])
 
 
+def truths_per_row(context, truth) -> tuple[np.ndarray, np.ndarray]:
+    """``truth(r, target)`` → (float64 weights ``[C]``, their bound ``[C]``) for each row ``r``, its target read
+    off its scorer (the one class that scores 1 on the identity); stacked: ``[N, C]`` and ``[N, C]``."""
+    targets = [int(np.flatnonzero(scorer(np.eye(3, dtype=np.float32)))[0]) for scorer in context.scorers]
+    truths = [truth(r, target) for r, target in enumerate(targets)]
+    return np.float64([t[0] for t in truths]), np.float64([t[1] for t in truths])
+
+
 @pytest.mark.parametrize("name", ["scorecam", "ablationcam"])
 @PROPERTIES
 @given(layer=layers(), seed=st.integers(0, 2 ** 32 - 1))
@@ -708,10 +716,8 @@ def test_score_cam_agrees_with_the_float64_formula(layer, seed):
     activation, _, _, size = layer
     context, weights, maps = run_passes("scorecam", activation, size, np.random.default_rng(seed))
     a = np.float64(activation)
-    targets = [int(np.flatnonzero(scorer(np.eye(3, dtype=np.float32)))[0]) for scorer in context.scorers]
-    truths = [score_cam_truth(np.float64(context.batch[r]), a[r], context.forward, targets[r])
-              for r in range(len(activation))]
-    exact, error = np.float64([t[0] for t in truths]), np.float64([t[1] for t in truths])
+    exact, error = truths_per_row(context, lambda r, target: score_cam_truth(np.float64(context.batch[r]), a[r],
+                                                                             context.forward, target))
     compared = np.isfinite(error)
     assert (np.abs(weights - exact)[compared] <= error[compared] * (1 + 1e-9)).all()
     raw, bound = _weighted(exact, error, a, FLOAT32)
@@ -747,9 +753,7 @@ def test_ablation_cam_agrees_with_the_float64_formula(layer, seed):
     activation, _, _, size = layer
     context, weights, maps = run_passes("ablationcam", activation, size, np.random.default_rng(seed))
     head = context.tail(LAYER)
-    targets = [int(np.flatnonzero(scorer(np.eye(3, dtype=np.float32)))[0]) for scorer in context.scorers]
-    truths = [ablation_truth(np.float64(activation[r]), head, targets[r]) for r in range(len(activation))]
-    exact, error = np.float64([t[0] for t in truths]), np.float64([t[1] for t in truths])
+    exact, error = truths_per_row(context, lambda r, target: ablation_truth(np.float64(activation[r]), head, target))
     assert (np.abs(weights - exact) <= error * (1 + 1e-9) + 1e-300).all(), (weights, exact, error)
     raw, bound = _weighted(exact, error, np.float64(activation), FLOAT32)
     assert_within(maps, truth_fused_map(raw, size), fused_tolerance(raw, bound, size), "ablationcam")

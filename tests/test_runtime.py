@@ -12,6 +12,7 @@ import pytest
 from conftest import random_batch
 from onnxcam.runtime import ContractError, Explainer, InputError, ProviderError, resolve_providers
 from onnxcam.runtime.contract import METADATA_KEY
+from onnxcam.runtime.providers import CPU, CUDA
 from test_parity import assert_layer_maps, assert_parity
 
 
@@ -102,9 +103,6 @@ def test_garbage_file_is_refused(tmp_path):
         Explainer(path, providers="cpu")
     with pytest.raises(FileNotFoundError, match="no such file"):
         Explainer(tmp_path / "missing.onnx")
-
-
-CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
 def test_provider_selection(monkeypatch):

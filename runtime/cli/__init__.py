@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 from onnxcam.runtime.cli import augment, bench, evaluate, explain, export, features, info
-from onnxcam.runtime.contract import ContractError, InputError, shown
+from onnxcam.runtime.contract import ContractError, InputError, first_line, shown
 from onnxcam.runtime.image import ImageError
 from onnxcam.runtime.providers import ProviderError
 
@@ -33,7 +33,7 @@ class OnnxcamGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except USER_ERRORS as error:
-            raise click.ClickException(one_line(error)) from None
+            raise click.ClickException(first_line(error)) from None
         except KeyboardInterrupt:
             click.echo("Error: interrupted; no output of this run was kept", err=True)
             raise click.exceptions.Exit(130) from None
@@ -41,18 +41,13 @@ class OnnxcamGroup(click.Group):
             raise click.ClickException("out of memory; lower --batch-size, or use smaller images") from None
         except OSError as error:
             where = f"{shown(error.filename)}: " if error.filename else ""
-            raise click.ClickException(f"{where}{error.strerror or one_line(error)}; check the path, its "
+            raise click.ClickException(f"{where}{error.strerror or first_line(error)}; check the path, its "
                                        "permissions and the free disk space") from None
         except Exception as error:  # a bug of onnxcam's: still one line, the traceback on request
             if os.environ.get(DEBUG_VARIABLE):
                 raise
-            raise click.ClickException(f"unexpected {type(error).__name__}: {one_line(error)}; please report "
+            raise click.ClickException(f"unexpected {type(error).__name__}: {first_line(error)}; please report "
                                        f"this with the command ({DEBUG_VARIABLE}=1 shows the traceback)") from None
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 @click.group(cls=OnnxcamGroup, context_settings={"help_option_names": ["-h", "--help"]})
