@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 from onnxcam.export import onnx_grad
 from onnxcam.export.onnx_grad import Builder, GradientError, ancestors, float_tensors_from, path_nodes
 from onnxcam.export.onnx_io import check_explainer, onnxcam_version, write_checked
-from onnxcam.export.tokens import token_grid
+from onnxcam.export.tokens import token_layout
 from onnxcam.runtime import contract, graphkit, subgraph
 from onnxcam.runtime.contract import first_line
 
@@ -92,7 +92,8 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
         layer, reason = found.inside(layer), "chosen"
         found.check_layer(layer)
     layout = _layout(proto, builder, layer, found.live, reshape)
-    described = _build(proto, builder, layer, layout, sink, found.outside(layer))
+    tokens = _tokens(proto, builder, layer, layout)
+    described = _build(proto, builder, layer, layout, sink, found.outside(layer), tokens)
     described = dataclasses.replace(described, tail=_tail(proto, builder, layer, layout))
     image = found.image
     steps = {**contract.default_preprocessing(image["shape"][1:]), **(preprocessing or {})}
@@ -100,7 +101,7 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
     record = contract.metadata_record(
         input_shape=image["shape"], output_shape=builder.shape(sink)[1:], layers=[described], preprocessing=steps,
         labels=labels, architecture=architecture, exporter=f"onnxcam {onnxcam_version()} augment",
-        score=found.score, output_source=found.outside(sink),
+        score=found.score, output_source=found.outside(sink), tokens=tokens,
     )
     record["augment"] = {"source_input": found.outside(image["name"]), "source_layout": image["layout"],
                          "logits_tensor": found.outside(sink), "layer_tensor": found.outside(layer)}
@@ -498,10 +499,27 @@ def _emit(b: Builder, op_type: str, inputs: Sequence[str], output: str, **attrs)
     return output
 
 
-def _as_map(b: Builder, tensor: str, layout: str, shape: Sequence) -> tuple[str, tuple[int, int, int]]:
+def _conv_grids(model: onnx.ModelProto, b: Builder) -> list[tuple[int, int]]:
+    """The ``(h, w)`` of every ``Conv`` output in graph order (a ViT's patch embedding among them)."""
+    grids = []
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            shape = b.shapes.get(node.output[0]) or ()
+            if len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):
+                grids.append((int(shape[2]), int(shape[3])))
+    return grids
+
+
+def _tokens(model: onnx.ModelProto, b: Builder, layer: str, layout: str) -> contract.Tokens | None:
+    """The token layout of a ``[N, T, C]`` layer (``tokens.token_layout``), None for maps."""
+    return token_layout(int(b.shape(layer)[1]), _conv_grids(model, b)) if layout == "tokens" else None
+
+
+def _as_map(b: Builder, tensor: str, layout: str, shape: Sequence,
+            tokens: contract.Tokens | None = None) -> tuple[str, tuple[int, int, int]]:
     """``tensor`` as ``[N, C, h, w]`` and its static ``(C, h, w)``."""
     if layout == "tokens":
-        prefix, height, width = token_grid(shape[1])
+        prefix, (height, width) = tokens.prefix, tokens.grid
         grid = b.op("Slice", tensor, b.ints([prefix]), b.ints([shape[1]]), b.ints([1]))
         grid = b.op("Reshape", grid, b.ints([-1, height, width, shape[2]]))
         return b.op("Transpose", grid, perm=[0, 3, 1, 2]), (shape[2], height, width)
@@ -515,7 +533,8 @@ def _as_float32(b: Builder, tensor: str) -> str:
     return tensor if b.types.get(tensor, b.dtype) == TensorProto.FLOAT else b.op("Cast", tensor, to=TensorProto.FLOAT)
 
 
-def _build(model: onnx.ModelProto, b: Builder, layer: str, layout: str, sink: str, name: str) -> contract.Layer:
+def _build(model: onnx.ModelProto, b: Builder, layer: str, layout: str, sink: str, name: str,
+           tokens: contract.Tokens | None = None) -> contract.Layer:
     """Append the ``seed`` input, the backward pass it drives, the repetition of each image for
     its K targets, and the contract's outputs."""
     out_shape = [int(d) for d in b.shape(sink)[1:]]
@@ -530,8 +549,8 @@ def _build(model: onnx.ModelProto, b: Builder, layer: str, layout: str, sink: st
         seed = b.op("Cast", seed, to=b.dtype)
     _emit(b, "Identity", [_as_float32(b, sink)], contract.OUTPUT)
     gradient = onnx_grad.add_gradient(model, layer, sink, seed, b)
-    activation_map, (channels, height, width) = _as_map(b, layer, layout, shape)
-    gradient_map, _ = _as_map(b, gradient, layout, shape)
+    activation_map, (channels, height, width) = _as_map(b, layer, layout, shape, tokens)
+    gradient_map, _ = _as_map(b, gradient, layout, shape, tokens)
     _emit(b, "Identity", [_as_float32(b, activation_map)], contract.activation_name(0))
     _emit(b, "Identity", [_as_float32(b, gradient_map)], contract.gradient_name(0))
     outputs = [(contract.OUTPUT, TensorProto.FLOAT, ["rows", *out_shape]),

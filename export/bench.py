@@ -126,8 +126,10 @@ def run(
     min_runs: int = 3,
     workdir: Path | None = None,
     log: Callable[[str], None] = print,
+    attention: bool = False,
 ) -> list[Row]:
-    """Run the benchmark; prints a table through ``log`` and returns its rows."""
+    """Run the benchmark; prints a table through ``log`` and returns its rows. attention: also time a graph
+    exported with ``attention="all"`` (Grad-CAM on it, and both rollouts) to show what those outputs cost."""
     import onnxruntime as ort
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
     from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
@@ -173,6 +175,14 @@ def run(
             fp16_path = folder / f"{architecture}.explainer.fp16.onnx"
             convert_to_fp16(explainer_path, fp16_path)
 
+        attention_explainer = None
+        if attention:
+            attention_path = folder / f"{architecture}.attention.onnx"
+            log(f"exporting {architecture} with --attention all …")
+            export_explainer(model, attention_path, [layer], (2, 3, size, size),
+                             reshape=recipe.reshape if recipe else "auto", architecture=architecture,
+                             attention="all")
+            attention_explainer = Explainer(attention_path, providers=providers)
         explainer = Explainer(explainer_path, providers=providers)
         # on CUDA the default replays fixed-size CUDA graphs; time the plain dynamic session too
         dynamic = Explainer(explainer_path, providers=providers, static_batches=False) if on_cuda else None
@@ -213,6 +223,12 @@ def run(
                 if explainer_fp16 is not None:
                     cases.append((f"onnxcam {method} fp16",
                                   lambda m=method: explainer_fp16.explain(batch, method=m), False))
+            if attention_explainer is not None:
+                cases.append(("onnxcam gradcam, graph with attention",
+                              lambda: attention_explainer.explain(batch, method="gradcam"), False))
+                for method in ("attention-rollout", "gradient-rollout"):
+                    cases.append((f"onnxcam {method}", lambda m=method: attention_explainer.explain(batch, method=m),
+                                  False))
             for name, call, is_torch in cases:
                 if on_cuda and is_torch:
                     torch.cuda.reset_peak_memory_stats()
@@ -253,7 +269,7 @@ def format_table(rows: list[Row], device: str) -> str:
         for name, row in named.items():
             to_floor = f"{row.images_per_second / floor.images_per_second:.2f}" if floor else "—"
             anchor = None
-            if name.startswith("onnxcam"):
+            if name.startswith("onnxcam gradcam"):
                 anchor = named.get("pgc GradCAM++" if "++" in name else "pgc GradCAM")
             to_anchor = f"{row.images_per_second / anchor.images_per_second:.1f}" if anchor else "—"
             lines.append(f"| {batch} | {name} | {row.images_per_second:.1f} | {to_floor} | {to_anchor} | "

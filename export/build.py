@@ -42,6 +42,7 @@ def export_architecture(
     fp16: bool = False,
     input_gradients: Sequence[str] = (),
     model_output: str | None = None,
+    attention: str | Sequence[str] | None = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """Build ``architecture`` and export its explainer graph.
@@ -50,6 +51,8 @@ def export_architecture(
     torchvision classifier or segmenter name (random weights unless ``weights`` names a
     state-dict file), or ``module:factory``. model_output: which output of a model returning
     a dict or tuple to explain (default: the first; torchvision segmenters: ``out``).
+    attention: blocks whose attention probabilities to output (``"all"`` or module names;
+    ``export_explainer``'s).
     """
     import torch
 
@@ -94,5 +97,5 @@ def export_architecture(
     return export_explainer(
         model, output, layers, (2, 3, size, size), reshape=reshape, preprocessing=preprocessing,
         labels=labels, architecture=name, input_gradients=input_gradients, output=model_output,
-        fp16=fp16, progress=progress,
+        fp16=fp16, attention=attention or None, progress=progress,
     )

@@ -25,9 +25,11 @@ import torch.export._trace
 from torch import nn
 
 from onnxcam.export import decompositions, interpolation, onnx_passes, onnx_rules
+from onnxcam.export.attention import AttentionTaps, choose_blocks
 from onnxcam.export.onnx_io import check_explainer, write_checked
 from onnxcam.export.layers import find_layer, resolve_reshape, to_feature_map, trace_layouts
 from onnxcam.export.onnx_io import onnxcam_version
+from onnxcam.export.tokens import token_layout
 from onnxcam.runtime import contract
 
 OPSET = 18
@@ -152,7 +154,8 @@ class ExplainerModule(nn.Module):
 
     def __init__(self, model: nn.Module, layers: Sequence[str], reshapes: Sequence[str],
                  cam_heads: Sequence[nn.Linear | None], input_gradients: Sequence[str] = (),
-                 share_at_input: bool = False, output: str | int | None = None):
+                 share_at_input: bool = False, output: str | int | None = None,
+                 tokens: Sequence[contract.Tokens | None] | None = None, attention: Sequence[str] = ()):
         super().__init__()
         self.model = model
         self.output = output
@@ -161,7 +164,12 @@ class ExplainerModule(nn.Module):
         self.cam_heads = nn.ModuleList([head if head is not None else nn.Identity() for head in cam_heads])
         self.has_cam_head = [head is not None for head in cam_heads]
         self.input_gradients = list(input_gradients)
-        self.share_at_input = share_at_input or bool(self.input_gradients)
+        self.tokens = list(tokens) if tokens is not None else [None] * len(self.layer_names)
+        self.attention_blocks = list(attention)
+        # attention can come before the first layer: its rows must already be one per (image, target)
+        self.share_at_input = share_at_input or bool(self.input_gradients) or bool(self.attention_blocks)
+        self._attention: dict[str, torch.Tensor] = {}
+        self._taps = AttentionTaps(self.attention_blocks, self._tap_attention)
         self._captured: list[torch.Tensor | None] = [None] * len(self.layer_names)
         self._handed_on: list[torch.Tensor | None] = [None] * len(self.layer_names)
         self._repeats = None
@@ -192,6 +200,15 @@ class ExplainerModule(nn.Module):
             return self._handed_on[index]
         return keep
 
+    def _tap_attention(self, block: str, probabilities: torch.Tensor) -> torch.Tensor:
+        """Keep a block's attention probabilities (the gradient is taken w.r.t. them) and hand the
+        model a clone (``attention.py``)."""
+        kept = probabilities.clone()
+        if not kept.requires_grad:
+            kept.requires_grad_(True)
+        self._attention[block] = kept
+        return kept.clone()
+
     def forward(self, input: torch.Tensor, seed: torch.Tensor):
         per_image = seed.shape[1]
         with torch.enable_grad():
@@ -199,16 +216,20 @@ class ExplainerModule(nn.Module):
                 input = _repeat_rows(input, per_image).clone().requires_grad_(True)
             else:
                 self._repeats = per_image
-            output = select_output(self.model(input), self.output)
+            with self._taps.active(self.model):  # attention as explicit maths, tapped where asked
+                raw = self.model(input)
+            output = select_output(raw, self.output)
             if output.dim() < 2:
                 raise ValueError(f"the model output has shape {tuple(output.shape)}; onnxcam needs a batch axis "
                                  "and at least one more ([N, classes], [N, D], [N, classes, H, W]…)")
             seed_rows = seed.reshape(-1, *seed.shape[2:]).to(output.dtype)
             captured = list(self._captured)
+            attention = [self._attention[block] for block in self.attention_blocks]
             plain_inputs = [input] if "plain" in self.input_gradients else []
-            gradients = torch.autograd.grad(output, captured + plain_inputs, grad_outputs=seed_rows,
+            gradients = torch.autograd.grad(output, captured + attention + plain_inputs, grad_outputs=seed_rows,
                                             retain_graph=True)
-            input_gradients = list(gradients[len(captured):])
+            input_gradients = list(gradients[len(captured) + len(attention):])
+            attention_gradients = list(gradients[len(captured):len(captured) + len(attention)])
             gradients = gradients[:len(captured)]
             if "guided" in self.input_gradients:
                 GuidedReLU.guided = True
@@ -216,12 +237,13 @@ class ExplainerModule(nn.Module):
                     input_gradients += torch.autograd.grad(output, [input], grad_outputs=seed_rows)
                 finally:
                     GuidedReLU.guided = False
-        activations = [to_feature_map(a, r) for a, r in zip(captured, self.reshapes)]
-        gradients = [to_feature_map(g, r) for g, r in zip(gradients, self.reshapes)]
+        activations = [to_feature_map(a, r, t) for a, r, t in zip(captured, self.reshapes, self.tokens)]
+        gradients = [to_feature_map(g, r, t) for g, r, t in zip(gradients, self.reshapes, self.tokens)]
         # a GAP + linear head: ∂(seed · (W·mean(A) + b))/∂mean(A) = seed · W, the CAM weights of the target
         cam_weights = [seed_rows @ head.weight for head, used in zip(self.cam_heads, self.has_cam_head) if used]
         return (output.detach(), *[a.detach() for a in activations], *gradients,
                 *[w.detach() for w in cam_weights], *input_gradients,
+                *[a.detach() for a in attention], *attention_gradients,
                 *[h.detach() for h in self._handed_on])
 
 
@@ -263,6 +285,7 @@ def export_explainer(
     input_gradients: Sequence[str] = (),
     output: str | int | None = None,
     fp16: bool = False,
+    attention: str | Sequence[str] | None = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """Write the explainer graph of ``model`` to ``path`` and return its metadata record.
@@ -284,6 +307,9 @@ def export_explainer(
     saliency) and/or ``"guided"`` (``guided_gradient``: every ``nn.ReLU``/``nn.ReLU6`` module's
     backward replaced by guided backprop's, for Guided Backprop and Guided Grad-CAM).
     fp16: write a float16 graph (``precision.convert_to_fp16``: float32 inputs and outputs).
+    attention: also output the attention probabilities ``[rows, heads, T, T]`` of these blocks and
+    their gradients: ``"all"``, or module names (``attention.choose_blocks``); fused attention
+    kernels run as explicit maths while tracing (``attention.py``). Rollout methods need ``"all"``.
 
     Before ``path`` is written, the graph is loaded with onnxruntime (CPU) and run on a seeded
     random batch; its ``output`` rows must equal the model's own output (eval mode, no grad)
@@ -320,6 +346,9 @@ def export_explainer(
     raw: list[torch.Tensor] = []
     handles = [find_layer(model, n).register_forward_hook(lambda m, i, o: raw.append(o.detach().clone()))
                for n in layers]
+    grids: list[tuple[int, int]] = []  # every convolution's output grid: a ViT's patch embedding among them
+    handles += [module.register_forward_hook(lambda m, i, o: grids.append(tuple(o.shape[-2:])))
+                for module in model.modules() if isinstance(module, nn.Conv2d)]
     with torch.no_grad(), trace_layouts(model, layers) as tracer:
         raw_output = model(example)
     explained = select_output(raw_output, output)
@@ -334,15 +363,22 @@ def export_explainer(
             "choose a layer that runs exactly once (not a shared module)"
         )
     reshapes = [resolve_reshape(r, a, e, n) for r, a, e, n in zip(reshapes, raw, tracer.evidence, layers)]
-    feature_maps = [to_feature_map(a, r) for a, r in zip(raw, reshapes)]
+    layer_tokens = [token_layout(int(a.shape[1]), grids) if r == "tokens" else None for a, r in zip(raw, reshapes)]
+    feature_maps = [to_feature_map(a, r, t) for a, r, t in zip(raw, reshapes, layer_tokens)]
+    blocks, complete, attention_shapes = [], False, []
+    if attention:
+        blocks, complete, attention_shapes = choose_blocks(model, example, attention)
+    tokens = (token_layout(attention_shapes[0][-1], grids) if blocks
+              else next((t for t in layer_tokens if t is not None), None))
     cam_heads = [find_cam_head(model, f, explained) if explained.dim() == 2 else None for f in feature_maps]
 
     if "guided" in input_gradients and _replace_relus(model) == 0:
         warnings.warn("the model has no nn.ReLU/ReLU6 modules: its guided gradient equals the plain input gradient")
     output_shape = [int(s) for s in explained.shape[1:]]
-    share_at_input = bool(input_gradients) or not _rows_can_repeat_at_layer(model, layers, reshapes, cam_heads,
-                                                                             example, output, output_shape)
-    wrapper = ExplainerModule(model, layers, reshapes, cam_heads, input_gradients, share_at_input, output).eval()
+    share_at_input = bool(input_gradients) or bool(blocks) or not _rows_can_repeat_at_layer(
+        model, layers, reshapes, cam_heads, example, output, output_shape, layer_tokens)
+    wrapper = ExplainerModule(model, layers, reshapes, cam_heads, input_gradients, share_at_input, output,
+                              layer_tokens, blocks).eval()
     # two targets an image, so that K stays symbolic
     seed = torch.randn(batch, 2, *output_shape, generator=torch.Generator().manual_seed(1))
     batch_dim = torch.export.Dim("batch", min=1)
@@ -365,11 +401,16 @@ def export_explainer(
         for i, (name, fmap, r, head) in enumerate(zip(layers, feature_maps, reshapes, cam_heads))
     ]
     gradient_outputs = {kind: contract.INPUT_GRADIENT_OUTPUTS[kind] for kind in input_gradients}
+    attention_records = [contract.Attention(block, tuple(int(s) for s in shape[1:]), contract.attention_name(i),
+                                            contract.attention_gradient_name(i))
+                         for i, (block, shape) in enumerate(zip(blocks, attention_shapes))]
     tail_markers = [f"onnxcam_tail_input_{i}" for i in range(len(layers))]
     output_names = [contract.OUTPUT]
     output_names += [l.activation for l in described] + [l.gradient for l in described]
     output_names += [l.cam_weight for l in described if l.cam_weight]
-    output_names += list(gradient_outputs.values()) + tail_markers
+    output_names += list(gradient_outputs.values())
+    output_names += [a.probabilities for a in attention_records] + [a.gradient for a in attention_records]
+    output_names += tail_markers
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -386,7 +427,8 @@ def export_explainer(
     record = contract.metadata_record(
         input_shape=tuple(example.shape[1:]), output_shape=output_shape, layers=described,
         preprocessing=preprocessing, labels=labels, architecture=architecture, exporter=_exporter_version(),
-        input_gradients=gradient_outputs, output_source=source,
+        input_gradients=gradient_outputs, output_source=source, tokens=tokens, attention=attention_records,
+        attention_complete=complete,
     )
     onnx_passes.drop_matmul_broadcast_expands(model_proto)
     _name_batch_dimension(model_proto)
@@ -411,11 +453,11 @@ def export_explainer(
     return write_checked(model_proto, record, Path(path), check, convert if fp16 else None)
 
 
-def _rows_can_repeat_at_layer(model, layers, reshapes, cam_heads, example, output, output_shape) -> bool:
+def _rows_can_repeat_at_layer(model, layers, reshapes, cam_heads, example, output, output_shape, tokens) -> bool:
     """Whether the model still runs when rows are repeated from the first chosen layer on
     (false when a tensor from before the layer is combined with one after it, as U-Nets
     and FPNs do); if not, rows are repeated from the input."""
-    wrapper = ExplainerModule(model, layers, reshapes, cam_heads, output=output)
+    wrapper = ExplainerModule(model, layers, reshapes, cam_heads, output=output, tokens=tokens)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

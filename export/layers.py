@@ -10,7 +10,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from onnxcam.export.tokens import token_grid
+from onnxcam.export.tokens import token_layout
+from onnxcam.runtime.contract import Tokens
 
 RESHAPES = ("auto", "none", "tokens", "nhwc")
 
@@ -213,10 +214,11 @@ def trace_layouts(model: nn.Module, layers: Sequence[str]) -> Iterator[LayoutTra
         tracer.remove_hooks()
 
 
-def to_feature_map(output: torch.Tensor, reshape: str) -> torch.Tensor:
+def to_feature_map(output: torch.Tensor, reshape: str, tokens: Tokens | None = None) -> torch.Tensor:
     """``[N, C, h, w]`` view of a layer output.
 
-    ``tokens``: ``[N, T, C]`` → drop leading class tokens, lay the rest on a square grid.
+    ``tokens``: ``[N, T, C]`` → drop the ``tokens.prefix`` leading tokens, lay the rest on
+    ``tokens.grid`` (default: ``token_layout(T)``, a square after 1, 0 or 2 leading tokens).
     ``nhwc``: ``[N, h, w, C]`` → ``[N, C, h, w]``.
     """
     if reshape == "none":
@@ -224,7 +226,8 @@ def to_feature_map(output: torch.Tensor, reshape: str) -> torch.Tensor:
     if reshape == "nhwc":
         return output.permute(0, 3, 1, 2)
     if reshape == "tokens":
-        prefix, height, width = token_grid(int(output.shape[1]))
+        tokens = tokens or token_layout(int(output.shape[1]))
+        prefix, (height, width) = tokens.prefix, tokens.grid
         grid = output[:, prefix:, :].reshape(output.shape[0], height, width, output.shape[2])
         return grid.permute(0, 3, 1, 2)
     raise ValueError(f"unknown reshape {reshape!r}")

@@ -42,6 +42,9 @@ RECIPES: dict[str, Recipe] = {
     "vit_b_32": Recipe("vit_b_32", "encoder.layers.encoder_layer_11.ln_1", reshape="tokens"),
     "vit_l_16": Recipe("vit_l_16", "encoder.layers.encoder_layer_23.ln_1", reshape="tokens"),
     "vit_l_32": Recipe("vit_l_32", "encoder.layers.encoder_layer_23.ln_1", reshape="tokens"),
+    # Swin's stages are channels last, [N, h, w, C]; its last norm is what the head pools
+    "swin": Recipe("swin", "norm", reshape="nhwc"),
+    "maxvit": Recipe("maxvit", "blocks.3"),
     # segmentation: the backbone's last stage, as pytorch-grad-cam's segmentation tutorial; the
     # model returns {"out", "aux"}: "out" [N, 21, H, W] (Pascal VOC classes) is explained
     "fcn_resnet": Recipe("fcn_resnet", "backbone.layer4", input_size=520, resize_size=None),

@@ -64,6 +64,14 @@ def cam_weight_name(index: int) -> str:
     return f"cam_weight_{index}"
 
 
+def attention_name(index: int) -> str:
+    return f"attention_{index}"
+
+
+def attention_gradient_name(index: int) -> str:
+    return f"attention_gradient_{index}"
+
+
 def default_preprocessing(size: Sequence[int]) -> dict[str, Any]:
     """ImageNet preprocessing at ``size`` = ``(H, W)``: RGB, /255, mean/std, no crop."""
     return {
@@ -90,6 +98,37 @@ class Layer:
     # reads, "shape": its shape without the batch, "channel_axis": int}; None where a
     # connection bypasses the layer or the graph predates it
     tail: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """How a transformer's token axis lies on the image, found at export from the model (its patch
+    embedding's output grid at the exported input size): ``prefix`` leading tokens that are not
+    patches (class, distillation, register tokens), then ``grid`` = ``(h, w)`` patches, row-major.
+    Tokens = ``prefix + h·w``."""
+
+    prefix: int
+    grid: tuple[int, int]
+
+    @property
+    def count(self) -> int:
+        return self.prefix + self.grid[0] * self.grid[1]
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One block's attention probabilities, an output of graphs exported with ``--attention``:
+    ``softmax(QKᵀ/√d)`` per head, ``[rows, heads, T, T]`` (query × key), and their gradient
+    w.r.t. the target score (same shape)."""
+
+    name: str  # the module that computes it (``encoder.layers.encoder_layer_3.self_attention``)
+    shape: tuple[int, int, int]  # [heads, T, T]
+    probabilities: str
+    gradient: str
+
+    @property
+    def heads(self) -> int:
+        return self.shape[0]
 
 
 @dataclass(frozen=True)
@@ -123,6 +162,9 @@ class Contract:
     precision: str = "float32"  # of the graph's arithmetic; inputs and outputs are always float32
     input_gradients: dict[str, str] = field(default_factory=dict)  # "plain"/"guided" → output name
     version: int = FORMAT_VERSION
+    tokens: Tokens | None = None  # the token layout of a transformer (token layers, attention)
+    attention: tuple[Attention, ...] = ()  # in the order the model runs them
+    attention_complete: bool = False  # every attention block of the model is among them (rollout)
 
     @property
     def classes(self) -> int | None:
@@ -153,6 +195,25 @@ class Contract:
     @property
     def layer_names(self) -> list[str]:
         return [layer.name for layer in self.layers]
+
+    def attention_block(self, name_or_index: str | int) -> Attention:
+        """One block's attention record, by module name or index (negative counts from the end)."""
+        if not self.attention:
+            raise ContractError("this graph has no attention outputs; re-export it with "
+                                "`onnxcam export … --attention all` (a transformer with global self-attention)")
+        names = [block.name for block in self.attention]
+        if isinstance(name_or_index, str) and name_or_index.lstrip("-").isdigit():
+            name_or_index = int(name_or_index)
+        if isinstance(name_or_index, int):
+            if not -len(names) <= name_or_index < len(names):
+                raise ContractError(f"attention block {name_or_index} is out of range; this graph has "
+                                    f"{len(names)} block(s): 0..{len(names) - 1} (or -1 for the last)")
+            return self.attention[name_or_index]
+        for block in self.attention:
+            if name_or_index in (block.name, block.name.rsplit(".", 1)[0]):
+                return block
+        raise ContractError(f"attention block {name_or_index!r} is not in this graph; it has {names} "
+                            "(or give an index)")
 
     def label(self, class_id: int) -> str:
         if self.labels and 0 <= class_id < len(self.labels):
@@ -188,7 +249,8 @@ def metadata_record(
     *, input_shape: Sequence[int], output_shape: Sequence[int], layers: Sequence[Layer],
     preprocessing: dict[str, Any] | None, labels: Sequence[str] | None,
     architecture: str | None, exporter: str, score: str = "logit", output_source: str | None = None,
-    input_gradients: dict[str, str] | None = None,
+    input_gradients: dict[str, str] | None = None, tokens: Tokens | None = None,
+    attention: Sequence[Attention] = (), attention_complete: bool = False,
 ) -> dict[str, Any]:
     """The JSON-able record stored under ``metadata_props[METADATA_KEY]`` (format 2)."""
     output = Output(OUTPUT, tuple(int(s) for s in output_shape), score, output_source)
@@ -211,6 +273,10 @@ def metadata_record(
             for l in layers
         ],
         "input_gradients": dict(input_gradients or {}),
+        "tokens": None if tokens is None else {"prefix": tokens.prefix, "grid": list(tokens.grid)},
+        "attention": [{"name": a.name, "shape": list(a.shape), "probabilities": a.probabilities,
+                       "gradient": a.gradient} for a in attention],
+        "attention_complete": bool(attention_complete),
         "preprocessing": preprocessing or default_preprocessing(input_shape[1:]),
         "labels": list(labels) if labels is not None else None,
     }
@@ -273,6 +339,9 @@ def check_graph(contract: Contract, declared: dict[str, list], what: str = "mode
     for layer in contract.layers:
         compare(layer.activation, layer.shape, f"layer {layer.name!r}'s activation")
         compare(layer.gradient, layer.shape, f"layer {layer.name!r}'s gradient")
+    for block in contract.attention:
+        compare(block.probabilities, block.shape, f"block {block.name!r}'s attention")
+        compare(block.gradient, block.shape, f"block {block.name!r}'s attention gradient")
 
 
 _NOT_EXPLAINER = ("{what}: this is not an onnxcam explainer graph ({why}); "
@@ -319,6 +388,17 @@ def parse_metadata(metadata: dict[str, str], what: str = "model") -> Contract:
                   tail=l.get("tail"))
             for l in record["layers"]
         )
+        tokens = record.get("tokens")
+        if tokens is not None:
+            grid = shape(tokens["grid"], 2, "the token grid [h, w]")
+            if not isinstance(tokens["prefix"], int) or isinstance(tokens["prefix"], bool) or tokens["prefix"] < 0:
+                raise ContractError(_NOT_EXPLAINER.format(what=what, why=f"token prefix {tokens['prefix']!r} is "
+                                                          "not a whole number ≥ 0"))
+            tokens = Tokens(int(tokens["prefix"]), grid)
+        attention = tuple(
+            Attention(a["name"], shape(a["shape"], 3, f"block {a.get('name')!r}'s attention shape [heads, T, T]"),
+                      a["probabilities"], a["gradient"])
+            for a in record.get("attention") or ())
         labels = record.get("labels")
         if version == 1:  # the class target built in: [N, classes] logits
             output = Output(LOGITS, (int(record["classes"]),), record.get("score", "logit"))
@@ -342,6 +422,9 @@ def parse_metadata(metadata: dict[str, str], what: str = "model") -> Contract:
             precision=record.get("precision", "float32"),
             input_gradients=dict(record.get("input_gradients") or {}),
             version=int(version),
+            tokens=tokens,
+            attention=attention,
+            attention_complete=bool(record.get("attention_complete", False)),
         )
     except ContractError:
         raise

@@ -112,10 +112,37 @@ class Explainer:
         if spec.needs_tail:
             for layer in chosen:
                 self.sessions.require_tail(layer)
+        if spec.attention is not None:
+            self._check_attention_fits(spec)
         if spec.input_gradient and spec.input_gradient not in self.contract.input_gradients:
             raise ContractError(
                 f"method {spec.name!r} needs the {spec.input_gradient} gradient w.r.t. the input, which this graph "
                 f"does not have; re-export with `onnxcam export … --input-gradient {spec.input_gradient}`")
+
+    def _check_attention_fits(self, spec: methods.Method) -> None:
+        """A ``ContractError`` unless the graph has every block's attention and a class token (rollout)."""
+        contract = self.contract
+        if not contract.attention:
+            raise ContractError(f"method {spec.name!r} needs the attention of every block, which this graph does not "
+                                "have; re-export it with `onnxcam export … --attention all`")
+        if not contract.attention_complete:
+            raise ContractError(f"method {spec.name!r} rolls attention out through every block, and this graph has "
+                                f"{len(contract.attention)} of the model's blocks; re-export with `--attention all`")
+        if contract.tokens is None or contract.tokens.prefix < 1:
+            raise ContractError(f"method {spec.name!r} reads the class token's row, and this model's tokens have no "
+                                "class token; use --method gradcam on a token layer")
+
+    def attention(self, batch: np.ndarray, blocks: Sequence[str | int] | None = None) -> dict[str, np.ndarray]:
+        """Each block's attention probabilities for ``batch`` ``[N, C, H, W]``: block name →
+        ``[N, heads, T, T]`` (query × key, rows sum to 1). blocks: names or indices (default: all)."""
+        chosen = list(self.contract.attention) if blocks is None else [self.contract.attention_block(b) for b in blocks]
+        if not chosen:
+            self.contract.attention_block(0)  # the graph has none: its ContractError says to re-export
+        names = [block.probabilities for block in chosen]
+        batch = self.check_batch(batch)
+        target = OutputTarget() if self.contract.seeded else ClassTarget()
+        outputs = self.sessions.run_target(target, batch, target.feeds(self.contract, len(batch)), names)
+        return {block.name: outputs[block.probabilities] for block in chosen}
 
     # -- running -------------------------------------------------------------------------------
     def run(self, batch: np.ndarray, targets=None, output_names: Sequence[str] = ()) -> dict[str, np.ndarray]:
@@ -136,7 +163,7 @@ class Explainer:
 
     def explain(self, batch: np.ndarray, method: str = "gradcam", targets=None,
                 layers: Sequence[str | int] | None = None, eigen_smooth: bool = False, aug_smooth: bool = False,
-                top_k: int | None = None) -> Explanation:
+                top_k: int | None = None, options: dict | None = None) -> Explanation:
         """Explain ``batch`` (``float32 [N, C, H, W]``, preprocessed) with one CAM ``method``.
 
         targets: what to explain. A Target of any kind (``onnxcam.runtime.targets``: class,
@@ -150,14 +177,17 @@ class Explainer:
         aug_smooth: average the maps of six augmented passes (no flip / horizontal flip × input
         scaled by 0.9, 1, 1.1), each map flipped back (pytorch-grad-cam's test-time augmentation);
         each pass resolves its own ranks (top class), as pytorch-grad-cam does.
+        options: the method's own options (``Method.options``), e.g. attention-rollout's
+        ``{"head_fusion": "max", "discard_ratio": 0.9}``.
         """
         target = self.target(targets, top_k)
         spec = methods.get_method(method)
+        options = spec.check_options(options)
         chosen = get_layers(self.contract, layers) if spec.uses_layers else []
         self._check_method_fits(spec, chosen)
         batch = self.check_batch(batch)
         if aug_smooth:
-            return self._explain_augmented(batch, spec, target, chosen, eigen_smooth)
+            return self._explain_augmented(batch, spec, target, chosen, eigen_smooth, options)
         feeds = target.feeds(self.contract, len(batch))
         rows_input = next(iter(feeds.values()))
         per_image_axis = _per_image_axis(target, targets, top_k) or rows_input.shape[1] > 1
@@ -168,13 +198,13 @@ class Explainer:
             if not methods.all_finite(result.maps):  # float32 overflow in the graph: numpy names it or redoes it in float64
                 result = self._explain_in_numpy(batch, target, feeds, spec, chosen, eigen_smooth)
         else:
-            result = self._explain_in_numpy(batch, target, feeds, spec, chosen, eigen_smooth)
+            result = self._explain_in_numpy(batch, target, feeds, spec, chosen, eigen_smooth, options)
         methods.check_output(result.logits)  # a map explaining a NaN score is finite but means nothing
         result = result.per_image(len(batch))
         return result if per_image_axis else result.single()
 
     def _explain_in_numpy(self, batch, target: Target, feeds, spec: methods.Method, chosen: list[Layer],
-                          eigen_smooth: bool = False) -> Explanation:
+                          eigen_smooth: bool = False, options: dict | None = None) -> Explanation:
         """Rows of the result: one per (image, target), image-major."""
         graph = self.sessions.target_graph(target, feeds)
         names = [graph.output, graph.score] + ([graph.resolved] if graph.resolved else [])
@@ -188,6 +218,10 @@ class Explainer:
                 names.append(layer.tail["input"])
         if spec.input_gradient:
             names.append(self.contract.input_gradients[spec.input_gradient])
+        if spec.attention is not None:
+            names += [block.probabilities for block in self.contract.attention]
+            if spec.needs_gradient:
+                names += [block.gradient for block in self.contract.attention]
         outputs = self.sessions.run_target(target, batch, feeds, list(dict.fromkeys(names)))
         resolved = outputs.get(graph.resolved) if graph.resolved else None
         context = None
@@ -207,6 +241,10 @@ class Explainer:
             raw_maps[layer.name] = raw
             scaled.append(methods.layer_map(raw, size))
         maps = methods.fuse_layers(scaled) if scaled else None
+        if spec.attention is not None:
+            raw = self._attention_map(spec, outputs, options)
+            raw_maps["attention"] = raw
+            maps = methods.layer_map(raw, size)
         attributions = None
         if spec.input_gradient:
             attributions = outputs[self.contract.input_gradients[spec.input_gradient]]
@@ -217,6 +255,18 @@ class Explainer:
                            targets=None if resolved is None else resolved.reshape(-1), method=spec.name,
                            target_scores=outputs[graph.score], kind=target.name, layer_maps=raw_maps,
                            attributions=attributions)
+
+    def _attention_map(self, spec: methods.Method, outputs: dict[str, np.ndarray], options: dict | None) -> np.ndarray:
+        """A rollout method's raw map ``[R, h, w]`` on the token grid, from every block's attention."""
+        blocks, tokens = self.contract.attention, self.contract.tokens
+        probabilities = [methods.check_finite(f"block {b.name!r}'s attention", outputs[b.probabilities],
+                                              methods.base.MODEL_HINT) for b in blocks]
+        gradients = None
+        if spec.needs_gradient:
+            gradients = [methods.check_finite(f"block {b.name!r}'s attention gradient", outputs[b.gradient],
+                                              methods.base.MODEL_HINT) for b in blocks]
+        row = spec.attention(probabilities, gradients, tokens.prefix, **(options or {}))
+        return methods.token_map(row, tokens.grid).astype(np.float32)
 
     def _explain_columns(self, batch, spec, classes: np.ndarray, chosen, eigen_smooth) -> Explanation:
         """Format 1 graphs with one target an image (older exports and augments): ranks resolved
@@ -234,7 +284,7 @@ class Explainer:
                            layer_maps={k: flat(v) for k, v in stacked.layer_maps.items()},
                            attributions=flat(stacked.attributions))
 
-    def _explain_augmented(self, batch, spec, target, chosen, eigen_smooth) -> Explanation:
+    def _explain_augmented(self, batch, spec, target, chosen, eigen_smooth, options=None) -> Explanation:
         """Mean of the maps over pytorch-grad-cam's six test-time augmentations; logits and
         targets are those of the unaugmented batch."""
         names = [layer.name for layer in chosen] or None
@@ -242,7 +292,7 @@ class Explainer:
         for flip in (False, True):
             for factor in AUG_SMOOTH_FACTORS:
                 augmented = np.ascontiguousarray((batch[..., ::-1] if flip else batch) * np.float32(factor))
-                result = self.explain(augmented, spec.name, target, names, eigen_smooth)
+                result = self.explain(augmented, spec.name, target, names, eigen_smooth, options=options)
                 maps.append(result.maps[..., ::-1] if flip else result.maps)
                 if not flip and factor == 1.0:
                     plain = result

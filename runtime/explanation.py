@@ -20,7 +20,8 @@ class Explanation:
     probability, the masked sum, the cosine similarity…).
     kind: the target kind's name. layer_maps: per layer name, the raw weighted sum before
     ReLU/normalisation, ``[N, h, w]``, float32 (float64 where its values pass float32's
-    ±3.4e38: the method's maths then ran in float64, ``Method.raw_map``). attributions: input-space methods only (saliency,
+    ±3.4e38: the method's maths then ran in float64, ``Method.raw_map``); rollout methods keep
+    theirs under ``"attention"``, ``[N, h, w]`` on the token grid. attributions: input-space methods only (saliency,
     guided backprop, guided Grad-CAM): the signed attribution per input channel,
     ``[N, C, H, W]``; their ``maps`` are its ``max_c |·|``.
 

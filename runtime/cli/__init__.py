@@ -12,12 +12,13 @@ from __future__ import annotations
 import click
 
 from onnxcam.runtime.cli import augment, bench, evaluate, explain, export, features, info
+from onnxcam.runtime.cli import attention
 from onnxcam.runtime.contract import ContractError, InputError, first_line, shown
 from onnxcam.runtime.image import ImageError
 from onnxcam.runtime.providers import ProviderError
 
 USER_ERRORS = (ContractError, InputError, ImageError, ProviderError, FileNotFoundError, ValueError)
-COMMANDS = (export, augment, explain, evaluate, features, info, bench)
+COMMANDS = (export, augment, explain, evaluate, features, attention, info, bench)
 DEBUG_VARIABLE = "ONNXCAM_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
 

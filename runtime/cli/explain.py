@@ -37,9 +37,17 @@ COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "hot")
               help="Images per session call.")
 @click.option("--colormap", type=click.Choice(COLORMAPS), default="jet", show_default=True)
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heatmap opacity.")
+@click.option("--head-fusion", type=click.Choice(["mean", "max", "min"]), default=None,
+              help="attention-rollout: how heads are fused (default mean).")
+@click.option("--discard-ratio", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="attention-rollout: share of the lowest attention weights zeroed per block (default 0.9).")
+@click.option("--rollout-query", "query", type=click.Choice(["cls", "output"]), default=None,
+              help="gradient-rollout: read the class token's row (cls, default) or the rows of the tokens the "
+                   "score reads (output: for heads that read patches).")
 def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], eigen_smooth: bool, aug_smooth: bool,
             target_text: str | None, top_k: int | None, layers: tuple[str, ...], out_dir: Path, save_maps: bool,
-            provider: str, batch_size: int, colormap: str, alpha: float) -> None:
+            provider: str, batch_size: int, colormap: str, alpha: float, head_fusion: str | None,
+            discard_ratio: float | None, query: str | None) -> None:
     """Explain IMAGES (files or folders) with the explainer graph MODEL.
 
     Writes OUT/<image>.<method>.png, an overlay of the map on the image as the model
@@ -58,6 +66,7 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
       onnxcam explain fcn.onnx street.jpg -t segmentation:car:car-mask.png
       onnxcam explain embedder.onnx photos/ -t similarity:reference.jpg
       onnxcam explain detector.onnx page.png -t output:0,10:40,20:200    (a region of a map output)
+      onnxcam explain vit.onnx cat.jpg -m gradient-rollout -m attention-rollout --head-fusion max
     """
     from onnxcam.runtime import targets as kinds
     from onnxcam.runtime.explainer import Explainer
@@ -67,6 +76,14 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
     methods_ = canonical_methods(methods_)
     # guided backprop and guided Grad-CAM are shown as the attribution itself; saliency as a heatmap
     attribution_images = {name: get_method(name).input_gradient == "guided" for name in methods_}
+    given = {k: v for k, v in {"head_fusion": head_fusion, "discard_ratio": discard_ratio, "query": query}.items()
+             if v is not None}
+    options = {name: {k: v for k, v in given.items() if k in get_method(name).options} for name in methods_}
+    unused = sorted(set(given) - {k for chosen in options.values() for k in chosen})
+    if unused:
+        flag = {"head_fusion": "--head-fusion", "discard_ratio": "--discard-ratio", "query": "--rollout-query"}
+        raise click.UsageError(f"{flag[unused[0]]} applies to none of the chosen methods; "
+                               f"{'it is for attention-rollout' if unused[0] != 'query' else 'it is for gradient-rollout'}")
     explainer = Explainer(model, providers=provider)
     contract = explainer.contract
     target = kinds.parse(target_text, contract, embed=embedder(explainer))
@@ -83,7 +100,8 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
             chunk = paths[start:start + batch_size]
             batch, views = load_batch(chunk, contract)
             results = {m: explainer.explain(batch, method=m, targets=target, layers=chosen_layers, top_k=top_k,
-                                            eigen_smooth=eigen_smooth, aug_smooth=aug_smooth) for m in methods_}
+                                            eigen_smooth=eigen_smooth, aug_smooth=aug_smooth, options=options[m])
+                       for m in methods_}
             first = next(iter(results.values()))
             feeds = target.feeds(contract, len(chunk))
             resolved = None if first.targets is None else first.targets.reshape(len(chunk), -1)

@@ -33,9 +33,13 @@ from onnxcam.runtime.cli.files import check_writable
 @click.option("--input-gradient", "input_gradients", multiple=True, type=click.Choice(["plain", "guided"]),
               help="Also output the gradient w.r.t. the input: 'plain' for -m saliency, 'guided' (ReLU modules "
                    "backpropagate guided) for -m guided-backprop / guided-gradcam. Costs a full backward pass.")
+@click.option("--attention", "attention", multiple=True,
+              help="Also output the attention probabilities [heads, tokens, tokens] of these blocks and their "
+                   "gradients: 'all' (needed by -m attention-rollout / gradient-rollout and `onnxcam attention`), or "
+                   "module names (repeat). Global self-attention only (ViT, DeiT; not Swin's windows).")
 def command(architecture: str, output: Path, weights: Path | None, layers: tuple[str, ...],
             input_size: int | None, reshape: str | None, model_output: str | None, labels_file: Path | None,
-            fp16: bool, input_gradients: tuple[str, ...]) -> None:
+            fp16: bool, input_gradients: tuple[str, ...], attention: tuple[str, ...]) -> None:
     """Export ARCHITECTURE as an explainer graph (needs onnxcam[export]).
 
     ARCHITECTURE is efficientnet_lite0 (ImageNet-pretrained, weights from the
@@ -53,6 +57,8 @@ def command(architecture: str, output: Path, weights: Path | None, layers: tuple
       onnxcam export fcn_resnet50 --input-size 320 -o fcn.onnx       (segmentation, output 'out')
       onnxcam export mypackage.models:build_classifier --layer backbone.stage4 -o mine.onnx
       onnxcam export resnet50 --input-gradient guided -o resnet50-guided.onnx
+      onnxcam export vit_b_16 --attention all -o vit.onnx            (rollout, attention maps)
+      onnxcam export swin_t --layer norm -o swin.onnx                 (channels-last stages)
     """
     try:
         from onnxcam.export.build import export_architecture
@@ -64,7 +70,9 @@ def command(architecture: str, output: Path, weights: Path | None, layers: tuple
     record = export_architecture(
         architecture, output, weights=weights, layers=list(layers) or None, input_size=input_size,
         reshape=reshape, labels=read_labels(labels_file), fp16=fp16, input_gradients=input_gradients,
-        model_output=model_output, progress=lambda message: click.echo(message, err=True),
+        model_output=model_output, attention=list(attention) if attention != ("all",) else "all",
+        progress=lambda message: click.echo(message, err=True),
     )
     layer_text = ", ".join(f"{l['name']} {tuple(l['shape'])}" for l in record["layers"])
-    click.echo(f"wrote {output} (output {record['output']['shape']}; layers: {layer_text})")
+    blocks = f"; attention of {len(record['attention'])} block(s)" if record.get("attention") else ""
+    click.echo(f"wrote {output} (output {record['output']['shape']}; layers: {layer_text}{blocks})")

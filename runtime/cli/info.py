@@ -50,6 +50,17 @@ def command(model: Path, as_json: bool) -> None:
         missing = [name for name, absent in (("cam", not layer.cam_weight), ("ablationcam", not layer.tail)) if absent]
         methods_ = "all" + (f" but {', '.join(missing)}" if missing else "")
         click.echo(f"    [{index}] {layer.name}  [C,h,w]={list(layer.shape)}  reshape={layer.reshape}  methods: {methods_}")
+    if contract.tokens is not None:
+        click.echo(f"  tokens: {contract.tokens.prefix} leading + {contract.tokens.grid[0]}x{contract.tokens.grid[1]} "
+                   "patch grid")
+    if contract.attention:
+        heads, count = contract.attention[0].shape[:2]
+        rollout = "attention-rollout, gradient-rollout" if contract.attention_complete else \
+            "no rollout (some blocks only; re-export with --attention all)"
+        click.echo(f"  attention: {len(contract.attention)} block(s), {heads} heads x {count}x{count} tokens "
+                   f"(`onnxcam attention`; methods {rollout})")
+    elif contract.tokens is not None:
+        click.echo("  attention: none (re-export with --attention all for rollout and `onnxcam attention`)")
     pre = contract.preprocessing
     resize = f"resize shorter side to {pre['resize']}, centre-crop" if pre.get("resize") else "resize to"
     click.echo(f"  preprocessing: {resize} {pre['size'][0]}x{pre['size'][1]}, {pre.get('channel_order', 'RGB')}, "

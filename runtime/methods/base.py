@@ -79,6 +79,20 @@ class Method:
     needs_tail: bool = False  # the model after the layer (Ablation-CAM)
     input_gradient: str | None = None  # "plain" / "guided": an input-space method (the graph's ∂score/∂input)
     aliases: tuple[str, ...] = field(default=())
+    # a transformer method over every block's attention (rollout): ``(probabilities, gradients or None,
+    # prefix, **options) → [R, T - prefix]``, the class token's relevance to each patch token; the
+    # probabilities and gradients are ``[R, heads, T, T]`` per block, in the order the model runs them
+    attention: Callable[..., np.ndarray] | None = None
+    options: dict[str, object] = field(default_factory=dict)  # the method's options and their defaults
+
+    def check_options(self, options: dict | None) -> dict:
+        """The method's options with ``options`` over its defaults; an ``InputError`` names an unknown one."""
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            known = ", ".join(self.options) or "none"
+            raise InputError(f"method {self.name!r} has no option {unknown[0]!r}; its options: {known}")
+        return {**self.options, **options}
 
     @property
     def uses_layers(self) -> bool:
@@ -274,6 +288,16 @@ def kernel_component_projection(contributions: np.ndarray, gamma: float | None =
         vector = eigenvectors[:, -1] * np.sign(eigenvectors[np.abs(eigenvectors[:, -1]).argmax(), -1])
         projections.append((vector * np.sqrt(max(eigenvalues[-1], 0.0))).reshape(height, width))
     return np.asarray(projections, _precision(contributions))
+
+
+def class_token_row(relevance: np.ndarray, prefix: int) -> np.ndarray:
+    """Row 0 (the class token as query) over the patch tokens: ``[R, T, T]`` → ``[R, T - prefix]``."""
+    return relevance[:, 0, prefix:]
+
+
+def token_map(row: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Patch-token values on the image's grid, row-major: ``[R, h·w]`` → ``[R, h, w]``."""
+    return row.reshape(row.shape[0], grid[0], grid[1])
 
 
 def saliency_map(input_gradient: np.ndarray) -> np.ndarray:
