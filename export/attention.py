@@ -1,15 +1,14 @@
 """Attention probabilities as explainer outputs (docs/explainer-graph.md, "Attention").
 
 Models rarely form ``softmax(QKᵀ/√d)`` as a tensor of their own: ``nn.MultiheadAttention`` and
-``F.scaled_dot_product_attention`` run fused kernels. While a model is exported with attention,
-both run here as explicit maths instead, and each call's probabilities ``[N, heads, Tq, Tk]`` go
+``F.scaled_dot_product_attention`` run fused kernels. While a model is exported, both run here as explicit maths instead, and each call's probabilities ``[N, heads, Tq, Tk]`` go
 through a *tap*: kept (a clone the gradient is taken w.r.t.) and handed on (a second clone the
 model multiplies with V). The output is the model's own within float32 rounding; the export
 check compares it with the unpatched model.
 
 The explicit maths is also the faster graph: exported through ``nn.MultiheadAttention``'s own
 non-fused path (its packed in-projection, batch-first transposes and SDPA's math kernel), a
-ViT-B/16 explainer ran Grad-CAM at 0.72× its plain forward on a 2-core CPU, and at 0.85× with
+ViT-B/16 explainer ran Grad-CAM at 0.72× its plain forward on a 2-core CPU, and at 0.88× with
 the explicit maths; so every export runs attention this way, tapped or not.
 
 A *block* is the module that runs one attention call: an ``nn.MultiheadAttention``, or the
