@@ -18,6 +18,7 @@ FORMAT = "onnxcam.explainer"
 FORMAT_VERSION = 2
 READS_VERSIONS = (1, 2)
 METADATA_KEY = "onnxcam"
+BAKED_KEY = "onnxcam_baked"  # a baked file's record (runtime/bake.py), in place of METADATA_KEY
 
 INPUT = "input"
 SEED = "seed"  # format 2: float32 [batch, targets, *output]
@@ -351,6 +352,10 @@ _NOT_EXPLAINER = ("{what}: this is not an onnxcam explainer graph ({why}); "
 def parse_metadata(metadata: dict[str, str], what: str = "model") -> Contract:
     """Read and validate the record from an ONNX model's ``metadata_props`` mapping."""
     raw = metadata.get(METADATA_KEY)
+    if raw is None and BAKED_KEY in metadata:
+        raise ContractError(f"{what}: is a baked file (made by `onnxcam bake`): it runs as it is in any onnxruntime "
+                            "and gives maps itself (`onnxcam info` shows its inputs and outputs); give onnxcam the "
+                            "explainer graph it was baked from")
     if raw is None:
         raise ContractError(_NOT_EXPLAINER.format(what=what, why=f"no {METADATA_KEY!r} metadata record"))
     try:

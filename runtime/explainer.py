@@ -193,7 +193,7 @@ class Explainer:
         per_image_axis = _per_image_axis(target, targets, top_k) or rows_input.shape[1] > 1
         if not self.takes_target_lists and (rows_input.shape[1] > 1 or (rows_input < -1).any()):
             result = self._explain_columns(batch, spec, rows_input, chosen, eigen_smooth)
-        elif self.postprocess == "graph" and spec.graph_weights is not None and not eigen_smooth:
+        elif self.postprocess == "graph" and spec.in_graph and not eigen_smooth:
             result = self.sessions.explain_in_graph(target, batch, feeds, spec.name, chosen)
             if not methods.all_finite(result.maps):  # float32 overflow in the graph: numpy names it or redoes it in float64
                 result = self._explain_in_numpy(batch, target, feeds, spec, chosen, eigen_smooth)

@@ -2,8 +2,8 @@
 
 The performance model (docs/explainer-graph.md, "How the runtime runs it"): copying full
 activations and gradients to the host and reducing them in numpy costs more than the
-backward itself. For a method whose file defines ``graph_weights`` (``methods/``), the
-runtime appends the shared steps here (weighted sum, ReLU, min-max, resize to the input,
+backward itself. For a method whose file defines ``graph_weights`` or ``graph_contributions``
+(``methods/``), the runtime appends the shared steps here (weighted sum, ReLU, min-max, resize to the input,
 fusion over layers) and fetches only ``[N, H, W]`` maps and the per-target outputs. The
 tests hold this path and the numpy one (each method's own formula) to pytorch-grad-cam.
 """
@@ -66,8 +66,15 @@ def _resize(b: _Builder, maps: str, size: tuple[int, int]) -> str:
 
 
 def supports(method: str) -> bool:
-    """Whether ``method`` has an in-graph form (its file defines ``graph_weights``)."""
-    return get_method(method).graph_weights is not None
+    """Whether ``method`` has an in-graph form (its file defines ``graph_weights`` or ``graph_contributions``)."""
+    return get_method(method).in_graph
+
+
+def in_graph_methods() -> list[str]:
+    """The names of the methods with an in-graph form, in the registry's order."""
+    from onnxcam.runtime.methods import METHODS
+
+    return [name for name, spec in METHODS.items() if spec.in_graph]
 
 
 def append_method(model: onnx.ModelProto, contract: Contract, method: str, layers: Sequence[Layer],
@@ -80,11 +87,16 @@ def append_method(model: onnx.ModelProto, contract: Contract, method: str, layer
     outputs = {o.name: o for o in graph.output}
     b = _Builder(graph, "onnxcam_method")
     size = (int(contract.input_shape[1]), int(contract.input_shape[2]))
-    weights_of = get_method(method).graph_weights
+    spec = get_method(method)
     scaled = []
     for index, layer in enumerate(layers):
-        weights = weights_of(b, layer.activation, layer.gradient, layer.cam_weight, (layer.shape[1], layer.shape[2]))
-        raw = _weighted_sum(b, weights, layer, raw_map_name(index))
+        if spec.graph_weights is not None:
+            weights = spec.graph_weights(b, layer.activation, layer.gradient, layer.cam_weight,
+                                         (layer.shape[1], layer.shape[2]))
+            raw = _weighted_sum(b, weights, layer, raw_map_name(index))
+        else:  # Σ_c of the per-channel contributions [N, C, h, w]
+            contributions = spec.graph_contributions(b, layer.activation, layer.gradient)
+            raw = b.op("ReduceSum", [contributions, b.ints([1])], output=raw_map_name(index), keepdims=0)
         scaled.append(_resize(b, _normalise(b, b.op("Relu", [raw])), size))
     if len(scaled) == 1:
         fused = scaled[0]  # the mean of one map is itself, and it is ≥ 0 already

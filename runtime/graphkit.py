@@ -254,6 +254,50 @@ def prune(graph: onnx.GraphProto, inputs: bool = False) -> None:
         graph.input.extend(kept_inputs)
 
 
+# -- precision ---------------------------------------------------------------------------------
+# kept in float32: scatter-add (max-pool backward) has no float16 kernel on some providers;
+# LayerNormalization's mean and inverse-std outputs (which the backward pass reads) are float32
+# by the ONNX spec whatever the input type (its stash_type), and the converter would retype them
+# float16, a graph onnxruntime refuses (ConvNeXt, Swin, ViT) — and normalising in float32 is
+# also what mixed-precision training does
+FLOAT32_OPS = ("ScatterElements", "LayerNormalization")
+
+
+def detach_outputs(graph: onnx.GraphProto) -> None:
+    """Give each graph output its own Identity, so no node consumes an output tensor.
+
+    The float16 converter casts outputs back to float32 under their own names; a node that
+    also read such a tensor (ResNet's GAP reads ``activation_0``) would then get float32
+    while typed float16, and onnxruntime refuses the model.
+    """
+    outputs = {o.name for o in graph.output}
+    renamed = {name: f"{name}__value" for name in outputs}
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+    for value in graph.value_info:
+        value.name = renamed.get(value.name, value.name)
+    for name in outputs:
+        graph.node.append(helper.make_node("Identity", [renamed[name]], [name], name=f"output/{name}"))
+
+
+def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A float16 copy of ``model``: weights and arithmetic in float16 (``FLOAT32_OPS`` excepted),
+    inputs and outputs as they were (Casts at the edges). Needs ``onnxconverter-common``."""
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise ImportError("float16 conversion needs onnxconverter-common; pip install onnxconverter-common") from None
+    import warnings
+
+    model = copy_model(model)
+    detach_outputs(model.graph)
+    block = list(float16.DEFAULT_OP_BLOCK_LIST) + list(FLOAT32_OPS)
+    with warnings.catch_warnings():  # one per weight below float16's range, flushed to its smallest value
+        warnings.filterwarnings("ignore", "the float32 number", UserWarning)
+        return float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+
+
 # -- reductions pushed through the nodes that produce a tensor ------------------------------------
 def spatial_mean(b: Builder, tensor: str, size: Sequence[int]) -> str:
     """``[R, C, 1, 1]``: the mean of ``tensor`` ``[R, C, H, W]`` (``size`` = ``(H, W)``) over its

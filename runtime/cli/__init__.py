@@ -1,7 +1,7 @@
 """The ``onnxcam`` command line: one command per file in this folder, assembled here.
 
-export (needs torch), augment (onnx only), explain, evaluate, features, info (onnxruntime
-only), bench (torch and pytorch-grad-cam). Heavy imports happen inside the commands, so
+export (needs torch), augment (onnx only), explain, evaluate, features, attention, bake, info
+(onnxruntime only), bench (torch and pytorch-grad-cam). Heavy imports happen inside the commands, so
 ``--help`` and ``--version`` stay fast. Errors print one line on stderr
 (``Error: what was wrong; what to do``) and exit 1; usage errors exit 2 (click's
 convention). Output files are written whole or not at all.
@@ -12,13 +12,13 @@ from __future__ import annotations
 import click
 
 from onnxcam.runtime.cli import augment, bench, evaluate, explain, export, features, info
-from onnxcam.runtime.cli import attention
+from onnxcam.runtime.cli import attention, bake
 from onnxcam.runtime.contract import ContractError, InputError, first_line, shown
 from onnxcam.runtime.image import ImageError
 from onnxcam.runtime.providers import ProviderError
 
 USER_ERRORS = (ContractError, InputError, ImageError, ProviderError, FileNotFoundError, ValueError)
-COMMANDS = (export, augment, explain, evaluate, features, attention, info, bench)
+COMMANDS = (export, augment, explain, evaluate, features, attention, bake, info, bench)
 DEBUG_VARIABLE = "ONNXCAM_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
 
@@ -62,6 +62,7 @@ def main() -> None:
        or, from any ONNX model:            onnxcam augment model.onnx -o explainer.onnx
     2. Anywhere with onnxruntime:          onnxcam explain resnet50.onnx photos/ --out maps/
     3. See what a graph holds:             onnxcam info resnet50.onnx
+    4. Maps from any onnxruntime, no onnxcam: onnxcam bake resnet50.onnx -m gradcam -o baked.onnx
     """
     import onnxruntime
 

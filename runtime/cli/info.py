@@ -12,10 +12,15 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the raw metadata record as JSON.")
 def command(model: Path, as_json: bool) -> None:
     """Print what the explainer graph MODEL holds: inputs, output, target kinds, layers, preprocessing, labels."""
+    from onnxcam.runtime.bake import BakedRecord
     from onnxcam.runtime.explainer import Explainer
-    from onnxcam.runtime.providers import open_session
+    from onnxcam.runtime.providers import open_session, read_model
     from onnxcam.runtime.targets import KINDS
 
+    baked = BakedRecord.read(read_model(model))
+    if baked is not None:
+        _baked(model, baked, as_json)
+        return
     explainer = Explainer(model, providers="cpu")
     contract = explainer.contract
     if as_json:
@@ -70,3 +75,32 @@ def command(model: Path, as_json: bool) -> None:
         click.echo(f"  labels: {len(contract.labels)} ({shown}, …)")
     else:
         click.echo("  labels: none (classes are shown by id)")
+
+
+def _baked(model: Path, record, as_json: bool) -> None:
+    """What a baked file (``onnxcam bake``) takes and returns."""
+    import dataclasses
+    import json
+
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(record)))
+        return
+    explainer = record.explainer
+    click.echo(f"{model}")
+    click.echo(f"  baked file: {record.method} over layer(s) {', '.join(record.layers)} of "
+               f"{explainer.get('architecture') or 'a model'}   precision: {record.precision}")
+    click.echo(f"  input: {record.input['name']} {record.input['dtype']} {record.input['shape']}  "
+               f"({record.input['layout']})")
+    fed = {name: spec for name, spec in record.target["inputs"].items() if spec["fed"]}
+    baked = {name: spec["value"] for name, spec in record.target["inputs"].items() if not spec["fed"]}
+    click.echo(f"  target: {record.target['kind']}" + "".join(f"; input {name} {spec['dtype']} {spec['shape']}"
+                                                              for name, spec in fed.items())
+               + "".join(f"; {name} = {value} baked in" for name, value in baked.items()))
+    click.echo("  outputs:")
+    for name, spec in record.outputs.items():
+        click.echo(f"    {name:<10} {spec['dtype']:<8} {spec['shape']}")
+    if record.overlay:
+        click.echo(f"  overlay: {record.overlay['colormap']}, alpha {record.overlay['alpha']}")
+    labels = explainer.get("labels") or []
+    click.echo(f"  labels: {len(labels)} in the record (explainer.labels; `onnxcam info --json`)" if labels
+               else "  labels: none (classes are shown by id)")

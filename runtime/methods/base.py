@@ -65,6 +65,8 @@ class Method:
     ``[N, C, h, w]``; projection: ``[N, C, h, w] → [N, h, w]`` instead of the channel sum;
     graph_weights: the weights as ONNX nodes (``(builder, activation, gradient, cam_weight,
     (h, w)) → name of [N, C, 1, 1]``), so the runtime can compute the map inside the graph;
+    graph_contributions: the contributions as ONNX nodes (``(builder, activation, gradient) →
+    name of [N, C, h, w]``), the same for methods that sum contributions;
     passes: ``(Passes, layer) → [R, C]`` weights from extra forward passes.
     """
 
@@ -73,6 +75,7 @@ class Method:
     contributions: Callable[..., np.ndarray] | None = None
     projection: Callable[[np.ndarray], np.ndarray] | None = None
     graph_weights: Callable[..., str] | None = None
+    graph_contributions: Callable[..., str] | None = None
     passes: Callable[[Passes, object], np.ndarray] | None = None
     needs_gradient: bool = True
     needs_cam_weight: bool = False
@@ -93,6 +96,12 @@ class Method:
             known = ", ".join(self.options) or "none"
             raise InputError(f"method {self.name!r} has no option {unknown[0]!r}; its options: {known}")
         return {**self.options, **options}
+
+    @property
+    def in_graph(self) -> bool:
+        """Whether the method can be written as ONNX nodes (``graph_methods.append_method``): its
+        weights or its contributions have a graph form, and the channel sum is its reduction."""
+        return self.graph_weights is not None or (self.graph_contributions is not None and self.projection is None)
 
     @property
     def uses_layers(self) -> bool:

@@ -12,4 +12,9 @@ def contributions(activation: np.ndarray, gradient: np.ndarray, cam_weight=None)
     return np.maximum(gradient * activation, 0)
 
 
-METHOD = Method("gradcam-elementwise", contributions=contributions)
+def graph_contributions(b, activation: str, gradient: str) -> str:
+    """``[N, C, h, w]``, the same formula as ONNX nodes."""
+    return b.op("Relu", [b.op("Mul", [gradient, activation])])
+
+
+METHOD = Method("gradcam-elementwise", contributions=contributions, graph_contributions=graph_contributions)

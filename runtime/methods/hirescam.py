@@ -12,4 +12,9 @@ def contributions(activation: np.ndarray, gradient: np.ndarray, cam_weight=None)
     return gradient * activation
 
 
-METHOD = Method("hirescam", contributions=contributions)
+def graph_contributions(b, activation: str, gradient: str) -> str:
+    """``[N, C, h, w]``, the same product as ONNX nodes."""
+    return b.op("Mul", [gradient, activation])
+
+
+METHOD = Method("hirescam", contributions=contributions, graph_contributions=graph_contributions)

@@ -12,4 +12,9 @@ def contributions(activation: np.ndarray, gradient: np.ndarray, cam_weight=None)
     return np.maximum(gradient, 0) * activation
 
 
-METHOD = Method("layercam", contributions=contributions)
+def graph_contributions(b, activation: str, gradient: str) -> str:
+    """``[N, C, h, w]``, the same formula as ONNX nodes."""
+    return b.op("Mul", [b.op("Relu", [gradient]), activation])
+
+
+METHOD = Method("layercam", contributions=contributions, graph_contributions=graph_contributions)

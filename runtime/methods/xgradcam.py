@@ -15,4 +15,12 @@ def weights(activation: np.ndarray, gradient: np.ndarray, cam_weight: np.ndarray
     return (gradient * activation / (activation_sum + EPSILON)).sum(axis=(2, 3))
 
 
-METHOD = Method("xgradcam", weights=weights)
+def graph_weights(b, activation: str, gradient: str | None, cam_weight: str | None, size=None) -> str:
+    """``[N, C, 1, 1]``, the same formula as ONNX nodes."""
+    axes = b.ints([2, 3])
+    activation_sum = b.op("ReduceSum", [activation, axes], keepdims=1)
+    scaled = b.op("Div", [b.op("Mul", [gradient, activation]), b.op("Add", [activation_sum, b.const(EPSILON)])])
+    return b.op("ReduceSum", [scaled, axes], keepdims=1)
+
+
+METHOD = Method("xgradcam", weights=weights, graph_weights=graph_weights)
