@@ -5,14 +5,19 @@ BIN    := $(VENV)/bin
 OUT    ?= demo-out
 PHOTOS  = $(shell $(BIN)/python -c "import os, skimage; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))")
 
-.PHONY: demo demo-augment test install clean gallery targets-gallery
+.PHONY: demo demo-augment test install clean gallery targets-gallery web
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml web/package-lock.json examples/node/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[export,test]'
+	# the browser demo and the Node example (tests/test_web.py, tests/test_node_example.py): npm packages,
+	# and Debian's headless Chromium, which needs root (or: apt-get install chromium, once, yourself)
+	npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error
+	npm ci --prefix examples/node --no-audit --no-fund --loglevel=error
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	touch $@
 
 demo: install
@@ -40,6 +45,11 @@ gallery: install
 # one overlay per target kind on real photos, for the README's Targets section
 targets-gallery: install
 	$(BIN)/python tools/targets_gallery.py --out docs/targets
+
+# the browser demo (web/): bake EfficientNet-Lite0 into web/model.onnx, screenshot and time it in headless
+# Chromium (docs/web/demo.png); then `python -m http.server -d web` serves it
+web: install
+	$(BIN)/python tools/web_demo.py --runs 30
 
 test: install
 	$(BIN)/python -m pytest

@@ -77,8 +77,8 @@ class BakedRecord:
 
     def describe(self) -> str:
         """One line: the method, the target kind and the input."""
-        shape = "x".join(map(str, self.input["shape"][1:]))
-        return f"{self.method} on {self.target['kind']} targets, input {self.input['name']} {self.input['dtype']} [N, {shape}]"
+        shape = ", ".join(map(str, self.input["shape"]))
+        return f"{self.method} on {self.target['kind']} targets, input `{self.input['name']}` {self.input['dtype']} [{shape}]"
 
 
 def bakeable_methods() -> list[str]:
@@ -93,7 +93,7 @@ def bake(explainer: str | Path | onnx.ModelProto, method: str = "gradcam", targe
     """One self-contained ONNX file: ``explainer`` (a format-2 explainer graph, path or model) with
     ``method`` and ``target`` (a Target, or what ``Explainer.explain``'s ``targets`` takes; None: the
     output's default kind, e.g. each image's top class) appended. raw_image: take uint8 RGB images of
-    ``raw_size`` = ``(h0, w0)`` (default: the model's input size) and preprocess them inside the graph.
+    ``raw_size`` = ``(h0, w0)`` (default: ``default_raw_size``) and preprocess them inside the graph.
     overlay: also return the heatmap blended over the image (``colormap``, ``alpha``). fp16: weights
     and arithmetic in float16, inputs and outputs as without it. target_inputs: keep the target
     kind's inputs (e.g. ``target`` int64 ``[N, K]``) as graph inputs a client feeds each call, instead
@@ -183,7 +183,7 @@ def _raw_image_input(b: graphkit.Builder, contract: Contract,
     input's record and the float ``[N, H, W, 3]`` view (the crop the model sees, in grey levels)."""
     pre = contract.preprocessing
     height, width = pre["size"]
-    raw_h, raw_w = (int(raw_size[0]), int(raw_size[1])) if raw_size else (height, width)
+    raw_h, raw_w = (int(raw_size[0]), int(raw_size[1])) if raw_size else default_raw_size(contract)
     if raw_h <= 0 or raw_w <= 0:
         raise InputError(f"raw image size {raw_h}x{raw_w} is not positive; give HxW, e.g. {height}x{width}")
     graph = b.graph
@@ -208,6 +208,14 @@ def _raw_image_input(b: graphkit.Builder, contract: Contract,
     record = {"name": IMAGE, "dtype": "uint8", "shape": ["N", raw_h, raw_w, 3],
               "layout": "NHWC RGB 0..255; resized, cropped and normalised inside the graph"}
     return record, view
+
+
+def default_raw_size(contract: Contract) -> tuple[int, int]:
+    """``(h0, w0)`` of raw images by default: the size at which the graph resamples nothing — the
+    model's input size, or for shorter-side-then-crop preprocessing the square the crop is cut from
+    (``resize × resize``; a client that scales its picture to cover it gets ``load_batch``'s view)."""
+    shorter = contract.preprocessing.get("resize")
+    return (int(shorter), int(shorter)) if shorter else tuple(int(s) for s in contract.preprocessing["size"])
 
 
 def _target_inputs(b: graphkit.Builder, defaults: dict[str, np.ndarray], batch: str, as_inputs: bool) -> dict[str, Any]:

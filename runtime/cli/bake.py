@@ -37,7 +37,8 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 @click.option("--raw-image", is_flag=True,
               help="Take uint8 RGB images [N, H, W, 3] and resize, crop and normalise them inside the graph.")
 @click.option("--raw-size", default=None, metavar="HxW",
-              help="The raw images' fixed size with --raw-image. Default: the model's input size.")
+              help="The raw images' fixed size with --raw-image. Default: the size at which nothing is resampled "
+                   "in the graph (the model's input, or the square its centre crop is cut from).")
 @click.option("--overlay", is_flag=True, help="Also output the heatmap blended over the image (uint8 RGB).")
 @click.option("--colormap", type=click.Choice(sorted(COLORMAPS)), default="jet", show_default=True,
               help="The overlay's colour map.")
