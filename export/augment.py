@@ -205,14 +205,6 @@ def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # -- the image input ------------------------------------------------------------------------
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        node.input[:] = [new if n == old else n for n in node.input]
-        node.output[:] = [new if n == old else n for n in node.output]
-    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
-        if value.name == old:
-            value.name = new
-
 
 def _dims(value: onnx.ValueInfoProto) -> list:
     return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
@@ -249,7 +241,7 @@ def _prepare_input(model: onnx.ModelProto, size: Sequence[int] | None) -> dict[s
     renamed = {}
     for name in RESERVED & ({o for n in graph.node for o in n.output} | weights | {source.name}):
         renamed[name] = f"{name}_source"
-        _rename(graph, name, renamed[name])
+        graphkit.rename(graph, name, renamed[name])
     original = source.name
     graph.input.remove(source)
     feed = contract.INPUT

@@ -312,14 +312,8 @@ def _free_names(graph: onnx.GraphProto, names: Sequence[str]) -> None:
     the baked file's inputs and outputs can take them."""
     taken = graphkit.names_in(graph) | {o.name for o in graph.output}
     fresh = graphkit.Names(taken, "onnxcam_renamed")
-    for name in set(names) & taken:
-        new = fresh.fresh(name)
-        for node in graph.node:
-            node.input[:] = [new if i == name else i for i in node.input]
-            node.output[:] = [new if o == name else o for o in node.output]
-        for item in [*graph.initializer, *graph.input, *graph.output, *graph.value_info]:
-            if item.name == name:
-                item.name = new
+    for name in sorted(set(names) & taken):
+        graphkit.rename(graph, name, fresh.fresh(name))
 
 
 def _described(name: str, contract: Contract) -> dict[str, Any]:

@@ -127,6 +127,16 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return copied
 
 
+def rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Call tensor ``old`` ``new`` everywhere in ``graph``: nodes, inputs, outputs, value infos, initializers."""
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        if value.name == old:
+            value.name = new
+
+
 class Names:
     """Fresh tensor and node names under a prefix, never one already taken."""
 

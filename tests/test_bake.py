@@ -10,7 +10,6 @@ same method graph, so the maps agree to float32 rounding (measured: 0.0 on this 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 
@@ -18,12 +17,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
 
 from conftest import random_batch, skimage_photo
+from test_cli import assert_one_line_error
+from test_cli import run as run_cli
 from onnxcam.runtime import Explainer
 from onnxcam.runtime.bake import BakedRecord, bake, bakeable_methods, save_baked, view_from_batch
-from onnxcam.runtime.cli import main
 from onnxcam.runtime.image import fit_to_input, load_batch, load_image, overlay, to_tensor
 from onnxcam.runtime.targets import SegmentationTarget, SoftmaxTarget
 
@@ -32,17 +31,6 @@ MAP_TOLERANCE = 1e-5  # the issue's bound; the same graph, so measured 0.0
 # float16 weights and arithmetic against the float32 maps: measured max 2.0e-3 (EfficientNet-Lite0, chelsea),
 # bound with margin
 FP16_TOLERANCE = 2e-2
-
-
-def run_cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, pattern: str):
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 def run_baked(model: onnx.ModelProto | str, feeds: dict) -> dict[str, np.ndarray]:
