@@ -10,7 +10,7 @@ from torch import nn
 
 from onnxcam.export.explainer import export_explainer
 from onnxcam.export.layers import find_layer
-from onnxcam.models import efficientnet_lite0, torchvision_recipes
+from onnxcam.models import detection, efficientnet_lite0, torchvision_recipes
 
 
 def load_factory(spec: str) -> nn.Module:
@@ -76,6 +76,16 @@ def export_architecture(
         preprocessing = efficientnet_lite0.preprocessing(size)
         labels = labels if labels is not None else efficientnet_lite0.labels()
         name = architecture
+    elif architecture in detection.ARCHITECTURES:
+        model = detection.build(architecture, weights, input_size)
+        layers = layers or [detection.ARCHITECTURES[architecture][0]]
+        size = input_size or detection.ARCHITECTURES[architecture][1]
+        if weights is None:
+            progress(f"note: {architecture} has random weights (no --weights); its maps only show the mechanics")
+        progress(f"exporting {architecture}'s raw heads at layer(s) {', '.join(layers)}, input 3x{size}x{size} …")
+        return detection.export_detector(model, output, layers, size,
+                                         labels=labels if labels is not None else detection.labels(architecture),
+                                         architecture=architecture)
     else:
         recipe = torchvision_recipes.recipe(architecture)
         model = torchvision_recipes.build(architecture, weights, input_size)

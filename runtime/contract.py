@@ -133,6 +133,26 @@ class Attention:
 
 
 @dataclass(frozen=True)
+class Detection:
+    """How to decode a single-stage detector's raw output ``[A, D]`` (``models/detection.py``):
+    the family (``retinanet``, ``fcos``, ``ssd``: its box coder and score formula), anchors per
+    level, torchvision's post-processing thresholds, the initializer holding the anchor boxes
+    ``[A, 4]``, how many leading columns are box regression (and centre-ness), the class count
+    and names."""
+
+    family: str
+    levels: tuple[int, ...]
+    params: dict[str, Any]
+    anchors: str
+    box_columns: int
+    classes: int
+    labels: tuple[str, ...] | None = None
+
+    def label(self, class_id: int) -> str:
+        return self.labels[class_id] if self.labels and 0 <= class_id < len(self.labels) else str(class_id)
+
+
+@dataclass(frozen=True)
 class Output:
     """The model output whose gradient the graph carries: its name in the graph, its shape
     without the batch (``[classes]``, ``[1]``, ``[D]``, ``[classes, H, W]``…), what it is,
@@ -166,6 +186,7 @@ class Contract:
     tokens: Tokens | None = None  # the token layout of a transformer (token layers, attention)
     attention: tuple[Attention, ...] = ()  # in the order the model runs them
     attention_complete: bool = False  # every attention block of the model is among them (rollout)
+    detection: Detection | None = None  # a detector's raw heads: how to decode them (runtime/detection)
 
     @property
     def classes(self) -> int | None:
@@ -345,6 +366,15 @@ def check_graph(contract: Contract, declared: dict[str, list], what: str = "mode
         compare(block.gradient, block.shape, f"block {block.name!r}'s attention gradient")
 
 
+def _detection(entry: dict | None) -> Detection | None:
+    if entry is None:
+        return None
+    labels = entry.get("labels")
+    return Detection(family=entry["family"], levels=tuple(int(n) for n in entry["levels"]), params=dict(entry["params"]),
+                     anchors=entry["anchors"], box_columns=int(entry["box_columns"]), classes=int(entry["classes"]),
+                     labels=tuple(labels) if labels else None)
+
+
 _NOT_EXPLAINER = ("{what}: this is not an onnxcam explainer graph ({why}); "
                   "make one with `onnxcam export` (PyTorch) or `onnxcam augment` (any ONNX model)")
 
@@ -430,6 +460,7 @@ def parse_metadata(metadata: dict[str, str], what: str = "model") -> Contract:
             tokens=tokens,
             attention=attention,
             attention_complete=bool(record.get("attention_complete", False)),
+            detection=_detection(record.get("detection")),
         )
     except ContractError:
         raise

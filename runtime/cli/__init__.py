@@ -1,6 +1,6 @@
 """The ``onnxcam`` command line: one command per file in this folder, assembled here.
 
-export (needs torch), augment (onnx only), explain, evaluate, features, attention, bake, info
+export (needs torch), augment (onnx only), explain, detect, evaluate, features, attention, bake, info
 (onnxruntime only), bench (torch and pytorch-grad-cam). Heavy imports happen inside the commands, so
 ``--help`` and ``--version`` stay fast. Errors print one line on stderr
 (``Error: what was wrong; what to do``) and exit 1; usage errors exit 2 (click's
@@ -12,13 +12,13 @@ from __future__ import annotations
 import click
 
 from onnxcam.runtime.cli import augment, bench, evaluate, explain, export, features, info
-from onnxcam.runtime.cli import attention, bake
+from onnxcam.runtime.cli import attention, bake, detect
 from onnxcam.runtime.contract import ContractError, InputError, first_line, shown
 from onnxcam.runtime.image import ImageError
 from onnxcam.runtime.providers import ProviderError
 
 USER_ERRORS = (ContractError, InputError, ImageError, ProviderError, FileNotFoundError, ValueError)
-COMMANDS = (export, augment, explain, evaluate, features, attention, bake, info, bench)
+COMMANDS = (export, augment, explain, detect, evaluate, features, attention, bake, info, bench)
 DEBUG_VARIABLE = "ONNXCAM_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
 

@@ -66,6 +66,12 @@ def command(model: Path, as_json: bool) -> None:
                    f"(`onnxcam attention`; methods {rollout})")
     elif contract.tokens is not None:
         click.echo("  attention: none (re-export with --attention all for rollout and `onnxcam attention`)")
+    if contract.detection is not None:
+        found = contract.detection
+        names = f"{len(found.labels)} labels ({', '.join(found.labels[1:4])}, …)" if found.labels else "no labels"
+        click.echo(f"  detection: {found.family} raw heads, {sum(found.levels)} anchors in {len(found.levels)} levels, "
+                   f"{found.classes} classes, {names}; score threshold {found.params['score_thresh']} "
+                   "(explain each detection with `onnxcam detect`)")
     pre = contract.preprocessing
     resize = f"resize shorter side to {pre['resize']}, centre-crop" if pre.get("resize") else "resize to"
     click.echo(f"  preprocessing: {resize} {pre['size'][0]}x{pre['size'][1]}, {pre.get('channel_order', 'RGB')}, "

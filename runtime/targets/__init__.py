@@ -18,16 +18,18 @@ from onnxcam.runtime.contract import Contract, InputError
 from onnxcam.runtime.targets.base import Scorer, Seeded, Target
 from onnxcam.runtime.targets.binary import BinaryTarget
 from onnxcam.runtime.targets.classes import ClassTarget
+from onnxcam.runtime.targets.detection import DetectionTarget
 from onnxcam.runtime.targets.output import OutputTarget
 from onnxcam.runtime.targets.segmentation import SegmentationTarget
 from onnxcam.runtime.targets.similarity import SimilarityTarget
 from onnxcam.runtime.targets.softmax import SoftmaxTarget
 
 KINDS: dict[str, type[Target]] = {kind.name: kind for kind in (ClassTarget, SoftmaxTarget, BinaryTarget,
-                                                                 OutputTarget, SegmentationTarget, SimilarityTarget)}
+                                                                 OutputTarget, SegmentationTarget, SimilarityTarget,
+                                                                 DetectionTarget)}
 
 __all__ = ["KINDS", "Target", "InputError", "Seeded", "Scorer", "ClassTarget", "SoftmaxTarget", "BinaryTarget",
-           "OutputTarget", "SegmentationTarget", "SimilarityTarget", "as_target", "parse", "default_target"]
+           "OutputTarget", "SegmentationTarget", "SimilarityTarget", "DetectionTarget", "as_target", "parse", "default_target"]
 
 
 def default_target(contract: Contract) -> Target:

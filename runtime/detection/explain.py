@@ -1,0 +1,107 @@
+"""Explain every detection of a single-stage detector: decode, then one map per kept box.
+
+1. The plain forward pass gives the raw heads ``[N, A, D]`` (``models/detection.py``).
+2. ``decode`` (torchvision's post-processing in numpy) keeps boxes, each from one anchor and
+   one class column.
+3. One session call explains every kept box of every image: its target is that raw class
+   logit (``targets.DetectionTarget``, the rows trick top-k uses; ``[N, K]`` elements).
+
+The map of a detection is the method's map of its logit. RetinaNet's score is the logit's
+sigmoid, SSD's a softmax over its anchor's row, FCOS's uses the anchor's centre-ness too;
+the logit is what drives the score and the map, as pytorch-grad-cam's Faster R-CNN target
+drives it with the box's class score (docs/explainer-graph.md, "Detection").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from onnx import numpy_helper
+
+from onnxcam.runtime.contract import ContractError, Detection
+from onnxcam.runtime.detection.decode import Detections, decode
+from onnxcam.runtime.targets.detection import DetectionTarget
+
+
+@dataclass
+class ExplainedDetections:
+    """One image's kept detections and a map for each: ``maps`` ``[D, H, W]`` in [0, 1]."""
+
+    detections: Detections
+    maps: np.ndarray
+
+
+def detection_of(explainer) -> Detection:
+    """The graph's decoding record, or a ``ContractError`` for a graph that is not a detector's raw heads."""
+    found = explainer.contract.detection
+    if found is None:
+        raise ContractError(f"{explainer.path}: this graph has no detection record; export a single-stage detector "
+                            "with onnxcam.models.detection.export_detector (RetinaNet, FCOS, SSD)")
+    return found
+
+
+def anchor_boxes(explainer) -> np.ndarray:
+    """float32 ``[A, 4]``: the anchor boxes stored in the graph."""
+    name = detection_of(explainer).anchors
+    for tensor in explainer.model.graph.initializer:
+        if tensor.name == name:
+            return numpy_helper.to_array(tensor).astype(np.float32)
+    raise ContractError(f"{explainer.path}: the anchor boxes {name!r} the record names are not in the graph; "
+                        "re-export it")
+
+
+def detect(explainer, batch: np.ndarray, score_threshold: float | None = None, max_detections: int | None = None,
+           classes: Sequence[int] | None = None) -> list[Detections]:
+    """The kept detections of each image of ``batch`` ``[N, C, H, W]``: torchvision's post-processing,
+    then the optional filters (a higher score threshold, at most ``max_detections``, only ``classes``)."""
+    record = detection_of(explainer)
+    raw = explainer.forward(batch)
+    anchors = anchor_boxes(explainer)
+    size = tuple(int(s) for s in explainer.contract.input_shape[1:])
+    found = []
+    for image in raw:
+        kept = decode(record.family, image, anchors, list(record.levels), size, record.params)
+        chosen = np.ones(len(kept.scores), bool)
+        if score_threshold is not None:
+            chosen &= kept.scores >= score_threshold
+        if classes is not None:
+            chosen &= np.isin(kept.labels, list(classes))
+        indices = np.flatnonzero(chosen)[:max_detections]
+        found.append(kept.take(indices))
+    return found
+
+
+def explain_detections(explainer, batch: np.ndarray, method: str = "gradcam", layers=None,
+                       score_threshold: float | None = None, max_detections: int | None = None,
+                       classes: Sequence[int] | None = None) -> list[ExplainedDetections]:
+    """Every kept detection of every image explained, in one session call for the whole batch."""
+    found = detect(explainer, batch, score_threshold, max_detections, classes)
+    columns = explainer.contract.output.shape[1]
+    most = max((len(d.scores) for d in found), default=0)
+    height, width = explainer.contract.input_shape[1:]
+    if most == 0:
+        return [ExplainedDetections(d, np.zeros((0, height, width), np.float32)) for d in found]
+    elements = np.zeros((len(batch), most), np.int64)
+    for i, kept in enumerate(found):
+        flat = kept.anchors * columns + kept.columns
+        elements[i] = np.concatenate([flat, np.repeat(flat[:1] if len(flat) else [0], most - len(flat))])
+    result = explainer.explain(batch, method=method, targets=DetectionTarget(elements), layers=layers)
+    maps = result.maps.reshape(len(batch), most, height, width)
+    return [ExplainedDetections(kept, maps[i, :len(kept.scores)]) for i, kept in enumerate(found)]
+
+
+def renormalise_in_boxes(map_: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """``[H, W]``: the map min-max normalised inside each box (boxes ``[B, 4]`` x1, y1, x2, y2 in
+    pixels, rounded down; a later box overwrites an earlier one where they overlap), zero outside,
+    then normalised again — pytorch-grad-cam's detection tutorial's
+    ``renormalize_cam_in_bounding_boxes``."""
+    renormalised = np.zeros(map_.shape, np.float32)
+    for x1, y1, x2, y2 in np.asarray(boxes).astype(int):
+        window = map_[max(y1, 0):y2, max(x1, 0):x2]
+        if window.size:
+            window = window - window.min()
+            renormalised[max(y1, 0):y2, max(x1, 0):x2] = window / (1e-7 + window.max())
+    renormalised = renormalised - renormalised.min()
+    return (renormalised / (1e-7 + renormalised.max())).astype(np.float32)
