@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml web/package-lock.json examples/node/package-l
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[export,test]'
+	# MTCNN's pretrained weights ship in facenet-pytorch's wheel; its metadata pins an old torch, so no deps
+	$(BIN)/python -m pip install --quiet --no-deps facenet-pytorch==2.6.0
 	# the browser demo and the Node example (tests/test_web.py, tests/test_node_example.py): npm packages,
 	# and Debian's headless Chromium, which needs root (or: apt-get install chromium, once, yourself)
 	npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error
