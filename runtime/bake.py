@@ -33,7 +33,7 @@ from onnx import TensorProto, helper
 from onnxcam.runtime import graph_methods, graphkit, graphs
 from onnxcam.runtime.contract import (BAKED_KEY, INPUT, METADATA_KEY, Contract, ContractError, InputError, check_graph,
                                       parse_metadata, shown)
-from onnxcam.runtime.image import COLORMAPS, needed_size
+from onnxcam.runtime.image import COLORMAPS, needed_size, normalisation
 from onnxcam.runtime.methods import get_method
 from onnxcam.runtime.providers import declared_dims, read_model
 from onnxcam.runtime.targets import Target, as_target
@@ -199,12 +199,12 @@ def _raw_image_input(b: graphkit.Builder, contract: Contract,
     if (top, left, new_h, new_w) != (0, 0, height, width):
         pixels = b.op("Slice", [pixels, b.ints([top, left]), b.ints([top + height, left + width]), b.ints([2, 3])])
     view = b.op("Transpose", [pixels], perm=[0, 2, 3, 1])
-    if pre.get("channel_order", "RGB").upper() == "BGR":
+    mean, std, scale, bgr = normalisation(pre)
+    if bgr:
         pixels = b.op("Gather", [pixels, b.ints([2, 1, 0])], axis=1)
-    mean = np.asarray(pre.get("mean", (0.0, 0.0, 0.0)), np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(pre.get("std", (1.0, 1.0, 1.0)), np.float32).reshape(1, 3, 1, 1)
-    scaled = b.op("Div", [pixels, b.const(float(pre.get("scale", 255.0)))])
-    b.op("Div", [b.op("Sub", [scaled, b.const(mean)]), b.const(std)], output=INPUT)
+    scaled = b.op("Div", [pixels, b.const(scale)])
+    b.op("Div", [b.op("Sub", [scaled, b.const(mean.reshape(1, 3, 1, 1))]), b.const(std.reshape(1, 3, 1, 1))],
+         output=INPUT)
     record = {"name": IMAGE, "dtype": "uint8", "shape": ["N", raw_h, raw_w, 3],
               "layout": "NHWC RGB 0..255; resized, cropped and normalised inside the graph"}
     return record, view
@@ -271,12 +271,10 @@ def _overlay(b: graphkit.Builder, contract: Contract, maps: str, view: str | Non
 
 def _view_from_input(b: graphkit.Builder, contract: Contract) -> str:
     """float ``[N, H, W, 3]`` RGB grey levels: the preprocessed ``input`` undone (× std + mean, × scale), rounded."""
-    pre = contract.preprocessing
-    mean = np.asarray(pre.get("mean", (0.0, 0.0, 0.0)), np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(pre.get("std", (1.0, 1.0, 1.0)), np.float32).reshape(1, 3, 1, 1)
-    pixels = b.op("Mul", [b.op("Add", [b.op("Mul", [INPUT, b.const(std)]), b.const(mean)]),
-                          b.const(float(pre.get("scale", 255.0)))])
-    if pre.get("channel_order", "RGB").upper() == "BGR":
+    mean, std, scale, bgr = normalisation(contract.preprocessing)
+    pixels = b.op("Mul", [b.op("Add", [b.op("Mul", [INPUT, b.const(std.reshape(1, 3, 1, 1))]),
+                                       b.const(mean.reshape(1, 3, 1, 1))]), b.const(scale)])
+    if bgr:
         pixels = b.op("Gather", [pixels, b.ints([2, 1, 0])], axis=1)
     pixels = b.op("Clip", [b.op("Round", [pixels]), b.const(0.0), b.const(255.0)])
     return b.op("Transpose", [pixels], perm=[0, 2, 3, 1])
@@ -285,11 +283,9 @@ def _view_from_input(b: graphkit.Builder, contract: Contract) -> str:
 def view_from_batch(batch: np.ndarray, contract: Contract) -> np.ndarray:
     """uint8 ``[N, H, W, 3]`` RGB: a preprocessed ``[N, C, H, W]`` batch undone, as a baked file
     without ``raw_image`` does for its overlay (``_view_from_input``)."""
-    pre = contract.preprocessing
-    mean = np.asarray(pre.get("mean", (0.0, 0.0, 0.0)), np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(pre.get("std", (1.0, 1.0, 1.0)), np.float32).reshape(1, 3, 1, 1)
-    pixels = (batch * std + mean) * np.float32(pre.get("scale", 255.0))
-    if pre.get("channel_order", "RGB").upper() == "BGR":
+    mean, std, scale, bgr = normalisation(contract.preprocessing)
+    pixels = (batch * std.reshape(1, 3, 1, 1) + mean.reshape(1, 3, 1, 1)) * np.float32(scale)
+    if bgr:
         pixels = pixels[:, ::-1]
     return np.clip(np.round(pixels), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 

@@ -206,14 +206,22 @@ def crop_resized(image: np.ndarray, resized: Sequence[int], corner: Sequence[int
                           borderMode=cv2.BORDER_REPLICATE)
 
 
-def to_tensor(view: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
-    """RGB ``uint8 [H, W, 3]`` → normalised ``float32 [C, H, W]`` (channel order, /scale, mean, std)."""
-    pixels = view.astype(np.float32)
-    if preprocessing.get("channel_order", "RGB").upper() == "BGR":
-        pixels = pixels[..., ::-1]
-    pixels = pixels / float(preprocessing.get("scale", 255.0))
+def normalisation(preprocessing: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, float, bool]:
+    """The preprocessing's per-channel ``mean`` and ``std`` (float32 ``[3]``), ``scale`` and whether the
+    model takes BGR, with their defaults (no mean, unit std, /255, RGB)."""
     mean = np.asarray(preprocessing.get("mean", (0.0, 0.0, 0.0)), dtype=np.float32)
     std = np.asarray(preprocessing.get("std", (1.0, 1.0, 1.0)), dtype=np.float32)
+    bgr = preprocessing.get("channel_order", "RGB").upper() == "BGR"
+    return mean, std, float(preprocessing.get("scale", 255.0)), bgr
+
+
+def to_tensor(view: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
+    """RGB ``uint8 [H, W, 3]`` → normalised ``float32 [C, H, W]`` (channel order, /scale, mean, std)."""
+    mean, std, scale, bgr = normalisation(preprocessing)
+    pixels = view.astype(np.float32)
+    if bgr:
+        pixels = pixels[..., ::-1]
+    pixels = pixels / scale
     return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1), dtype=np.float32)
 
 
