@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
+
 FORMAT = "onnxcam.explainer"
 FORMAT_VERSION = 2
 READS_VERSIONS = (1, 2)
@@ -137,19 +139,29 @@ class Detection:
     """How to decode a single-stage detector's raw output ``[A, D]`` (``models/detection.py``):
     the family (``retinanet``, ``fcos``, ``ssd``: its box coder and score formula), anchors per
     level, torchvision's post-processing thresholds, the initializer holding the anchor boxes
-    ``[A, 4]``, how many leading columns are box regression (and centre-ness), the class count
-    and names."""
+    ``[A, 4]`` (None where the family needs none), how many leading columns are box regression
+    (and centre-ness), the class count and names, and the layout: ``anchors_first`` ``[A, D]``,
+    or ``columns_first`` ``[D, A]`` (Ultralytics' ``[4 + classes, anchors]``)."""
 
     family: str
     levels: tuple[int, ...]
     params: dict[str, Any]
-    anchors: str
+    anchors: str | None
     box_columns: int
     classes: int
     labels: tuple[str, ...] | None = None
+    layout: str = "anchors_first"
 
     def label(self, class_id: int) -> str:
         return self.labels[class_id] if self.labels and 0 <= class_id < len(self.labels) else str(class_id)
+
+    def elements(self, anchors: np.ndarray, columns: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """int64 ``[K]``: flat indices into the output (``shape``, without the batch) of the
+        (anchor, column) pairs ``[K]``, ``[K]`` — the ``detection`` target's elements."""
+        anchors, columns = np.asarray(anchors, np.int64), np.asarray(columns, np.int64)
+        if self.layout == "columns_first":
+            return columns * shape[1] + anchors
+        return anchors * shape[1] + columns
 
 
 @dataclass(frozen=True)
@@ -372,7 +384,7 @@ def _detection(entry: dict | None) -> Detection | None:
     labels = entry.get("labels")
     return Detection(family=entry["family"], levels=tuple(int(n) for n in entry["levels"]), params=dict(entry["params"]),
                      anchors=entry["anchors"], box_columns=int(entry["box_columns"]), classes=int(entry["classes"]),
-                     labels=tuple(labels) if labels else None)
+                     labels=tuple(labels) if labels else None, layout=entry.get("layout", "anchors_first"))
 
 
 _NOT_EXPLAINER = ("{what}: this is not an onnxcam explainer graph ({why}); "

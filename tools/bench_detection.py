@@ -56,8 +56,8 @@ def main() -> None:
     photo = Path(skimage.__file__).parent / "data" / "astronaut.png"
     batch, _ = load_batch([photo], explainer.contract)
     kept = detect(explainer, batch)[0]
-    columns = explainer.contract.output.shape[1]
-    elements = (kept.anchors * columns + kept.columns)[:10]
+    record = explainer.contract.detection
+    elements = record.elements(kept.anchors, kept.columns, explainer.contract.output.shape)[:10]
     forward = lambda: explainer.forward(batch)  # noqa: E731
     end_to_end = lambda: explain_detections(explainer, batch, "gradcam", max_detections=1)  # noqa: E731
     one_call = lambda k: (lambda: explainer.explain(batch, "gradcam", targets=DetectionTarget(elements[None, :k])))  # noqa: E731

@@ -42,9 +42,11 @@ def detection_of(explainer) -> Detection:
     return found
 
 
-def anchor_boxes(explainer) -> np.ndarray:
-    """float32 ``[A, 4]``: the anchor boxes stored in the graph."""
+def anchor_boxes(explainer) -> np.ndarray | None:
+    """float32 ``[A, 4]``: the anchor boxes stored in the graph; None for a family that needs none."""
     name = detection_of(explainer).anchors
+    if name is None:
+        return None
     for tensor in explainer.model.graph.initializer:
         if tensor.name == name:
             return numpy_helper.to_array(tensor).astype(np.float32)
@@ -78,14 +80,14 @@ def explain_detections(explainer, batch: np.ndarray, method: str = "gradcam", la
                        classes: Sequence[int] | None = None) -> list[ExplainedDetections]:
     """Every kept detection of every image explained, in one session call for the whole batch."""
     found = detect(explainer, batch, score_threshold, max_detections, classes)
-    columns = explainer.contract.output.shape[1]
+    record, shape = detection_of(explainer), explainer.contract.output.shape
     most = max((len(d.scores) for d in found), default=0)
     height, width = explainer.contract.input_shape[1:]
     if most == 0:
         return [ExplainedDetections(d, np.zeros((0, height, width), np.float32)) for d in found]
     elements = np.zeros((len(batch), most), np.int64)
     for i, kept in enumerate(found):
-        flat = kept.anchors * columns + kept.columns
+        flat = record.elements(kept.anchors, kept.columns, shape)
         elements[i] = np.concatenate([flat, np.repeat(flat[:1] if len(flat) else [0], most - len(flat))])
     result = explainer.explain(batch, method=method, targets=DetectionTarget(elements), layers=layers)
     maps = result.maps.reshape(len(batch), most, height, width)
