@@ -64,7 +64,8 @@ class Augmented:
 def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = None, layer: str | None = None,
             logits: str | None = None, *, preprocessing: dict[str, Any] | None = None,
             labels: Sequence[str] | None = None, size: Sequence[int] | None = None,
-            reshape: str = "auto", architecture: str | None = None) -> Augmented:
+            reshape: str = "auto", architecture: str | None = None, detector: str | None = None,
+            detection_params: dict[str, Any] | None = None) -> Augmented:
     """Turn an inference ONNX model into an explainer graph (written to ``output`` if given).
 
     layer: tensor name to explain (``[N,C,h,w]``, ``[N,h,w,C]`` or tokens ``[N,T,C]``); default:
@@ -75,6 +76,9 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
     reads a 4-D layer's layout off the graph (``_layout_evidence``) and refuses where it does not say.
     preprocessing: keys of the metadata record's ``preprocessing`` (size, resize, mean, std,
     channel_order, scale); missing ones default to ImageNet's, RGB, /255, no resize, the model's size.
+    detector: ``yolo`` or ``picodet``, a detector file's export layout (``detection_layouts.py``): the recipe
+    chooses the output, the default layer, the preprocessing defaults and the record's ``detection`` entry
+    (``labels`` go there); detection_params: its post-processing parameters (``conf``, ``iou``, ``max_det``…).
 
     Before anything is written (or returned), the graph passes onnx.checker, is loaded with
     onnxruntime and run on a random batch, and its ``output`` must equal the source file's own
@@ -83,11 +87,14 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
     """
     if architecture is None:
         architecture = Path(model).name if isinstance(model, (str, Path)) else (model.graph.name or "onnx model")
-    source = _load(model)
+    source, recipe = _load(model), None
+    if detector is not None:
+        source, recipe, logits = _detector_recipe(source, detector, size, logits, detection_params)
     found = _analyse(source, size, logits)
     proto, builder, sink = found.model, found.builder, found.sink
     if layer is None:
-        layer, reason = found.default_layer()
+        chosen = recipe and recipe.default_layer(proto, builder, found.live, found.feeding, sink)
+        layer, reason = chosen or found.default_layer()
     else:
         layer, reason = found.inside(layer), "chosen"
         found.check_layer(layer)
@@ -96,13 +103,17 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
     described = _build(proto, builder, layer, layout, sink, found.outside(layer), tokens)
     described = dataclasses.replace(described, tail=_tail(proto, builder, layer, layout))
     image = found.image
-    steps = {**contract.default_preprocessing(image["shape"][1:]), **(preprocessing or {})}
+    steps = {**contract.default_preprocessing(image["shape"][1:]), **(recipe.preprocessing if recipe else {}),
+             **(preprocessing or {})}
     steps["size"] = list(image["shape"][1:])
+    score = recipe.score if recipe else found.score
     record = contract.metadata_record(
         input_shape=image["shape"], output_shape=builder.shape(sink)[1:], layers=[described], preprocessing=steps,
-        labels=labels, architecture=architecture, exporter=f"onnxcam {onnxcam_version()} augment",
-        score=found.score, output_source=found.outside(sink), tokens=tokens,
+        labels=None if recipe else labels, architecture=architecture, exporter=f"onnxcam {onnxcam_version()} augment",
+        score=score, output_source=found.outside(sink), tokens=tokens,
     )
+    if recipe is not None:
+        record["detection"] = recipe.record(labels)
     record["augment"] = {"source_input": found.outside(image["name"]), "source_layout": image["layout"],
                          "logits_tensor": found.outside(sink), "layer_tensor": found.outside(layer)}
     graphkit.prune(proto.graph)
@@ -120,17 +131,33 @@ def augment(model: str | Path | onnx.ModelProto, output: str | Path | None = Non
         write_checked(proto, record, Path(output), check)
     else:
         check(proto.SerializeToString())
-    return Augmented(proto, record, found.outside(layer), reason, found.score, found.notes)
+    return Augmented(proto, record, found.outside(layer), reason, score, found.notes + (recipe.notes if recipe else []))
+
+
+def _detector_recipe(source: onnx.ModelProto, detector: str, size: Sequence[int] | None, logits: str | None,
+                     params: dict[str, Any] | None):
+    """``(source with the recipe's nodes, recipe, the tensor to differentiate)`` (``detection_layouts.py``)."""
+    from onnxcam.export import detection_layouts
+
+    if logits is not None:
+        raise AugmentError(f"--logits and --detector {detector} exclude each other: the detector's recipe chooses "
+                           "the output (drop --logits, or --detector to explain another tensor)")
+    source, recipe = detection_layouts.prepare(source, detector, size, params)
+    return source, recipe, recipe.output
 
 
 def list_layers(model: str | Path | onnx.ModelProto, size: Sequence[int] | None = None,
-                logits: str | None = None) -> tuple[list[tuple[str, tuple]], str]:
+                logits: str | None = None, detector: str | None = None) -> tuple[list[tuple[str, tuple]], str]:
     """Tensors ``augment`` can explain (name, shape without batch), in graph order, and the default."""
+    recipe = None
+    if detector is not None:
+        model, recipe, logits = _detector_recipe(_load(model), detector, size, logits, None)
     found = _analyse(model, size, logits)
     names = _feature_maps(found.builder, [o for n in found.model.graph.node for o in n.output
                                           if o in found.live and o in found.feeding and o != found.sink])
+    chosen = recipe and recipe.default_layer(found.model, found.builder, found.live, found.feeding, found.sink)
     return ([(found.outside(n), tuple(found.builder.shape(n)[1:])) for n in names],
-            found.outside(found.default_layer()[0]))
+            found.outside((chosen or found.default_layer())[0]))
 
 
 @dataclass
@@ -579,11 +606,10 @@ def _tail(model: onnx.ModelProto, b: Builder, layer: str, layout: str) -> dict[s
     shape = [int(d) for d in b.shape(layer)[1:]]
     if b.types.get(layer, TensorProto.FLOAT) != TensorProto.FLOAT:
         return None
-    try:
-        subgraph.tail_model(model, layer, shape)
-    except contract.ContractError:
+    sides = subgraph.find_tail(model, layer, shape)
+    if sides is None:
         return None
-    return {"input": layer, "shape": shape, "channel_axis": 1 if layout == "none" else len(shape)}
+    return {"input": layer, "shape": shape, "channel_axis": 1 if layout == "none" else len(shape), "sides": sides}
 
 
 def _has_linear_head(model: onnx.ModelProto, b: Builder, layer: str, sink: str) -> bool:

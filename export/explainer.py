@@ -470,13 +470,14 @@ def _rows_can_repeat_at_layer(model, layers, reshapes, cam_heads, example, outpu
         wrapper.remove_hooks()
 
 
-def _tail_record(tail: str | None, raw_output: torch.Tensor, reshape: str) -> dict | None:
+def _tail_record(tail: tuple[str, list[str]] | None, raw_output: torch.Tensor, reshape: str) -> dict | None:
     """What the runtime needs to run the model from a layer's output on (Ablation-CAM): the
-    tensor the rest of the model reads, its shape without the batch, and its channel axis."""
+    tensor the rest of the model reads, its shape without the batch, its channel axis, and the
+    side tensors the rest also reads (``subgraph.tail_sides``)."""
     if tail is None:
         return None
-    return {"input": tail, "shape": [int(s) for s in raw_output.shape[1:]],
-            "channel_axis": 1 if reshape == "none" else raw_output.dim() - 1}
+    return {"input": tail[0], "shape": [int(s) for s in raw_output.shape[1:]],
+            "channel_axis": 1 if reshape == "none" else raw_output.dim() - 1, "sides": list(tail[1])}
 
 
 def _name_batch_dimension(model_proto) -> None:

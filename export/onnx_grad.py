@@ -313,13 +313,19 @@ def _split(b, node, g, needed):
 
 @rule("Slice")
 def _slice(b, node, g, needed):
+    """Constant starts and ends with steps of 1: the gradient is ``g`` padded back to the input's
+    shape. Otherwise (starts/ends computed at run time, as exporters write ``chunk`` on a
+    dynamic shape, or steps other than 1): ``_slice_scatter``."""
     x = node.input[0]
     shape = b.shape(x)
-    starts, ends = b.value(node.input[1], node), b.value(node.input[2], node)
-    axes = b.value(node.input[3], node) if len(node.input) > 3 and node.input[3] else range(len(starts))
-    steps = b.value(node.input[4], node) if len(node.input) > 4 and node.input[4] else [1] * len(starts)
+    inputs = list(node.input) + [""] * (5 - len(node.input))
+    if not all(name in b._constants for name in inputs[1:] if name):
+        return _slice_scatter(b, node, g)
+    starts, ends = b.value(inputs[1], node), b.value(inputs[2], node)
+    axes = b.value(inputs[3], node) if inputs[3] else range(len(starts))
+    steps = b.value(inputs[4], node) if inputs[4] else [1] * len(starts)
     if any(int(s) != 1 for s in steps):
-        raise unsupported(node, "only steps of 1 are supported")
+        return _slice_scatter(b, node, g)
     pads = [0] * (2 * len(shape))
     for start, end, axis in zip(starts, ends, axes):
         axis = int(axis) % len(shape)
@@ -327,7 +333,38 @@ def _slice(b, node, g, needed):
         begin = min(max(int(start) + dim if start < 0 else int(start), 0), dim)
         stop = min(max(int(end) + dim if end < 0 else int(end), begin), dim)
         pads[axis], pads[axis + len(shape)] = begin, dim - stop
-    return [b.op("Pad", g[0], b.ints(pads))]
+    return [b.op("Pad", g[0], b.ints(pads))] + [None] * (len(node.input) - 1)
+
+
+def _slice_scatter(b: Builder, node: onnx.NodeProto, g: list) -> Grads:
+    """Slice with run-time starts/ends/steps (constant axes): along each sliced axis, the positions
+    the slice took are the same Slice applied to ``arange(size)``; ``g`` is scattered back to them
+    into zeros (the positions are distinct, so no accumulation), one axis after the other."""
+    x = node.input[0]
+    rank = b.rank(x)
+    inputs = list(node.input) + [""] * (5 - len(node.input))
+    count = b.shape(inputs[1])[0]
+    if inputs[3]:
+        axes = [int(a) % rank for a in b.value(inputs[3], node)]
+    elif isinstance(count, int):
+        axes = list(range(count))
+    else:
+        raise unsupported(node, "neither its axes nor the number of its starts are known")
+    grad = g[0]
+    for k, axis in enumerate(axes):
+        def part(name: str) -> str:  # the k-th entry of starts / ends / steps: int64 [1] (they may be int32)
+            return b.op("Cast", b.op("Slice", name, b.ints([k]), b.ints([k + 1])), to=TensorProto.INT64)
+
+        size = b.op("Slice", b.shape_of(x), b.ints([axis]), b.ints([axis + 1]))  # int64 [1]
+        ramp = b.op("Range", b.const(0, np.int64), b.op("Squeeze", size, b.ints([0])), b.const(1, np.int64))
+        taken = [ramp, part(inputs[1]), part(inputs[2]), b.ints([0])] + ([part(inputs[4])] if inputs[4] else [])
+        where = b.op("Reshape", b.op("Slice", *taken), b.ints([1] * axis + [-1] + [1] * (rank - axis - 1)))
+        grad_shape = b.shape_of(grad)
+        full = b.op("Concat", b.op("Slice", grad_shape, b.ints([0]), b.ints([axis])), size,
+                    b.op("Slice", grad_shape, b.ints([axis + 1]), b.ints([rank])), axis=0)
+        zeros = b.op("ConstantOfShape", full, value=numpy_helper.from_array(np.zeros(1, b.np_dtype)))
+        grad = b.op("ScatterElements", zeros, b.op("Expand", where, grad_shape), grad, axis=axis)
+    return [grad] + [None] * (len(node.input) - 1)
 
 
 @rule("Pad")

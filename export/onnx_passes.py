@@ -114,27 +114,23 @@ def _identity_aliases(graph: onnx.GraphProto, name: str) -> set[str]:
     return aliases
 
 
-def find_tails(model: onnx.ModelProto, markers: list[str], shapes: list[list[int]], output: str) -> list[str | None]:
+def find_tails(model: onnx.ModelProto, markers: list[str], shapes: list[list[int]],
+               output: str) -> list[tuple[str, list[str]] | None]:
     """For each marker output (the layer output the rest of the model reads; ``shapes``: its
-    shape without the batch), the tensor from which ``output`` can be computed alone (the
-    model's tail, for Ablation-CAM), or None where the output also depends on the input by
-    another path (a connection bypasses the layer). The marker outputs are removed."""
-    from onnxcam.runtime.contract import ContractError
-    from onnxcam.runtime.subgraph import needed_nodes, tail_model
+    shape without the batch), the tensor from which ``output`` can be computed (the model's
+    tail, for Ablation-CAM) with the side tensors it also reads (``subgraph.tail_sides``: an
+    FPN's other stages), or None where no tail can be cut. The marker outputs are removed."""
+    from onnxcam.runtime.subgraph import find_tail, needed_nodes
 
     graph = model.graph
-    tails: list[str | None] = []
+    tails: list[tuple[str, list[str]] | None] = []
     for marker, shape in zip(markers, shapes):
         aliases = _identity_aliases(graph, marker)
         _, reads = needed_nodes(graph, [output], stop_at=aliases)
         read = reads & aliases
         tail = read.pop() if len(read) == 1 else None
-        if tail is not None:
-            try:
-                tail_model(model, tail, shape)
-            except ContractError:
-                tail = None
-        tails.append(tail)
+        sides = find_tail(model, tail, shape) if tail is not None else None
+        tails.append(None if sides is None else (tail, sides))
     kept = [output for output in graph.output if output.name not in set(markers)]
     del graph.output[:]
     graph.output.extend(kept)

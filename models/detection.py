@@ -7,7 +7,7 @@ score is one raw class logit of one anchor, and the runtime decodes and runs NMS
 
 ``RawHeads(model)`` is the network from the normalised image to ``[N, A, D]``: per anchor,
 the head's box regression (4), FCOS's centre-ness (1), then the class logits (C), levels
-concatenated in torchvision's order. ``detection_record(model, size)`` says how to decode it:
+concatenated in torchvision's order; the box columns carry no gradient. ``detection_record(model, size)`` says how to decode it:
 the family, the anchors per level, the post-processing thresholds; ``anchors(model, size)``
 gives the anchor boxes, stored in the graph as the initializer ``ANCHORS``.
 """
@@ -59,8 +59,11 @@ class RawHeads(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = list(self.backbone(x).values())
         out = self.head(features)
-        parts = [out["bbox_regression"]] + ([out["bbox_ctrness"]] if self.family == "fcos" else []) + [out["cls_logits"]]
-        return torch.cat(parts, dim=-1)
+        boxes = [out["bbox_regression"]] + ([out["bbox_ctrness"]] if self.family == "fcos" else [])
+        # A detection's target is a class logit, so the box columns need no gradient: detached, the
+        # backward skips the regression (and centre-ness) branch, which costs as much as the class
+        # branch (docs/explainer-graph.md, "Detection"; the record's ``box_gradient`` is false).
+        return torch.cat([part.detach() for part in boxes] + [out["cls_logits"]], dim=-1)
 
 
 def build(architecture: str, weights: str | Path | None = None, size: int | None = None) -> nn.Module:
@@ -105,7 +108,7 @@ def detection_record(model: nn.Module, size: int) -> dict:
     params = {"score_thresh": float(model.score_thresh), "nms_thresh": float(model.nms_thresh),
               "detections_per_img": int(model.detections_per_img), "topk_candidates": int(model.topk_candidates)}
     return {"family": kind, "levels": [int(f.shape[2] * f.shape[3] * per_location) for f in features],
-            "params": params, "anchors": ANCHORS, "box_columns": 4 + (kind == "fcos")}
+            "params": params, "anchors": ANCHORS, "box_columns": 4 + (kind == "fcos"), "box_gradient": False}
 
 
 def preprocessing(model: nn.Module, size: int) -> dict:

@@ -127,3 +127,22 @@ def build(architecture: str, weights: str | Path | None = None, input_size: int 
             state = state["state_dict"]
         model.load_state_dict(state)
     return model.eval()
+
+
+def recalibrate_batchnorm(module, size: int, batches: int = 3) -> None:
+    """Running BatchNorm statistics of ``module`` from ``batches`` seeded random ``[4, 3, S, S]`` batches
+    (cumulative average): random weights with default statistics (mean 0, var 1) can shrink a
+    network's features to nothing (MobileNetV3)."""
+    import torch
+    from torch import nn
+
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.reset_running_stats()
+            layer.momentum = None
+    module.train()
+    generator = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for _ in range(batches):
+            module(torch.randn(4, 3, size, size, generator=generator))
+    module.eval()

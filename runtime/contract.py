@@ -140,8 +140,9 @@ class Detection:
     the family (``retinanet``, ``fcos``, ``ssd``: its box coder and score formula), anchors per
     level, torchvision's post-processing thresholds, the initializer holding the anchor boxes
     ``[A, 4]`` (None where the family needs none), how many leading columns are box regression
-    (and centre-ness), the class count and names, and the layout: ``anchors_first`` ``[A, D]``,
-    or ``columns_first`` ``[D, A]`` (Ultralytics' ``[4 + classes, anchors]``)."""
+    (and centre-ness), the class count and names, the layout: ``anchors_first`` ``[A, D]``,
+    or ``columns_first`` ``[D, A]`` (Ultralytics' ``[4 + classes, anchors]``), and whether the
+    box columns carry a gradient (false: detached at export, only class columns can be targets)."""
 
     family: str
     levels: tuple[int, ...]
@@ -151,6 +152,12 @@ class Detection:
     classes: int
     labels: tuple[str, ...] | None = None
     layout: str = "anchors_first"
+    box_gradient: bool = True
+
+    def box_mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """bool ``shape`` (the output without the batch): True at the box (and centre-ness) columns."""
+        columns = np.arange(shape[0] if self.layout == "columns_first" else shape[1]) < self.box_columns
+        return np.broadcast_to(columns[:, None] if self.layout == "columns_first" else columns[None], shape)
 
     def label(self, class_id: int) -> str:
         return self.labels[class_id] if self.labels and 0 <= class_id < len(self.labels) else str(class_id)
@@ -384,7 +391,8 @@ def _detection(entry: dict | None) -> Detection | None:
     labels = entry.get("labels")
     return Detection(family=entry["family"], levels=tuple(int(n) for n in entry["levels"]), params=dict(entry["params"]),
                      anchors=entry["anchors"], box_columns=int(entry["box_columns"]), classes=int(entry["classes"]),
-                     labels=tuple(labels) if labels else None, layout=entry.get("layout", "anchors_first"))
+                     labels=tuple(labels) if labels else None, layout=entry.get("layout", "anchors_first"),
+                     box_gradient=bool(entry.get("box_gradient", True)))
 
 
 _NOT_EXPLAINER = ("{what}: this is not an onnxcam explainer graph ({why}); "

@@ -215,7 +215,7 @@ class Explainer:
             if spec.needs_cam_weight:
                 names.append(layer.cam_weight)
             if spec.needs_tail:
-                names.append(layer.tail["input"])
+                names += [layer.tail["input"], *layer.tail.get("sides", ())]
         if spec.input_gradient:
             names.append(self.contract.input_gradients[spec.input_gradient])
         if spec.attention is not None:

@@ -75,12 +75,22 @@ class Sessions:
                 "with `onnxcam export`, or explain a layer whose output alone feeds the rest of the model")
 
     def tail(self, layer: Layer):
-        """``f(layer_output [B, …]) → output [B, *O]``: the model from ``layer`` on."""
+        """``f(layer_output [B, …], sides) → output [B, *O]``: the model from ``layer`` on; ``sides``:
+        the values of the side tensors it also reads (``layer.tail["sides"]``), one image's ``[1, …]``,
+        repeated to the B rows (None where there are none)."""
         self.require_tail(layer)
-        name = layer.tail["input"]
-        session = self._session(("tail", name), lambda: subgraph.tail_model(self.model, name, layer.tail["shape"]))
+        name, sides = layer.tail["input"], tuple(layer.tail.get("sides", ()))
+        session = self._session(("tail", name), lambda: subgraph.tail_model(self.model, name, layer.tail["shape"], sides))
         output = subgraph.output_name(self.model)
-        return lambda rows: session.run([output], {name: rows})[0]
+
+        def run(rows: np.ndarray, side_values: dict[str, np.ndarray] | None = None) -> np.ndarray:
+            if sides and side_values is None:
+                raise ContractError(f"{self.what}: the model after layer {layer.name!r} also reads {list(sides)}; "
+                                    "give their values")
+            feeds = {side: np.repeat(side_values[side], len(rows), axis=0) for side in sides}
+            return session.run([output], {name: rows, **feeds})[0]
+
+        return run
 
     # -- running -----------------------------------------------------------------------------
     def _graph_feeds(self, batch: np.ndarray, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

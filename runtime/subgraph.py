@@ -72,8 +72,11 @@ def _row_rest(graph: onnx.GraphProto, name: str, input_shape: list[int]) -> list
     return [1] + [int(d) for d in graphkit.value_dims(value)[2:]]
 
 
-def tail_model(model: onnx.ModelProto, tail: str, shape: Sequence[int]) -> onnx.ModelProto:
+def tail_model(model: onnx.ModelProto, tail: str, shape: Sequence[int], sides: Sequence[str] = ()) -> onnx.ModelProto:
     """The model from a layer's output on: ``tail [B, *shape] → output [B, …]`` (Ablation-CAM).
+
+    ``sides``: the tensors the rest of the model also reads that do not depend on the layer
+    (``tail_sides``: an FPN's other stages), inputs of the tail model too, ``[B, …]``.
 
     The rest of the model may read the graph's ``input`` and ``seed`` (``target`` in format 1)
     for their shapes only (the exporter's batch arithmetic, ``N·K`` rows): those ``Shape``
@@ -83,7 +86,7 @@ def tail_model(model: onnx.ModelProto, tail: str, shape: Sequence[int]) -> onnx.
     graph = model.graph
     result = output_name(model)
     row_inputs = [name for name in (INPUT, SEED, TARGET) if name != tail and any(i.name == name for i in graph.input)]
-    nodes, reads = needed_nodes(graph, [result], stop_at=[tail, *row_inputs])
+    nodes, reads = needed_nodes(graph, [result], stop_at=[tail, *sides, *row_inputs])
     sliced = graphkit.copy_model(model)
     del sliced.graph.node[:]
     sliced.graph.node.extend(nodes)
@@ -100,4 +103,50 @@ def tail_model(model: onnx.ModelProto, tail: str, shape: Sequence[int]) -> onnx.
     value = helper.make_tensor_value_info(tail, onnx.TensorProto.FLOAT, ["rows", *shape])
     if tail == INPUT:
         del sliced.graph.input[:]
-    return slice_model(sliced, [result], [value])
+    return slice_model(sliced, [result], [value, *(_rows_value(graph, side) for side in sides)])
+
+
+def _rows_value(graph: onnx.GraphProto, name: str) -> onnx.ValueInfoProto:
+    """The value info of inner tensor ``name`` with its first axis named ``rows`` (float32 where unknown)."""
+    known = next((v for v in [*graph.value_info, *graph.output] if v.name == name), None)
+    if known is None or not known.type.tensor_type.HasField("shape"):
+        return helper.make_tensor_value_info(name, known.type.tensor_type.elem_type if known else onnx.TensorProto.FLOAT,
+                                             None)
+    value = onnx.ValueInfoProto()
+    value.CopyFrom(known)
+    value.type.tensor_type.shape.dim[0].Clear()
+    value.type.tensor_type.shape.dim[0].dim_param = "rows"
+    return value
+
+
+def tail_sides(model: onnx.ModelProto, tail: str) -> list[str]:
+    """The tensors the model after ``tail`` reads besides it that the input computes without the
+    layer: the frontier where the nodes depending on the layer read the input's other branches
+    (a feature pyramid reads earlier stages). ``Shape`` reads carry no values."""
+    graph = model.graph
+    row_inputs = [name for name in (INPUT, SEED, TARGET) if name != tail and any(i.name == name for i in graph.input)]
+    nodes, _ = needed_nodes(graph, [output_name(model)], stop_at=[tail, *row_inputs])
+    on_layer, on_input, sides = {tail}, {INPUT}, []
+    for node in nodes:  # graph order: producers first
+        values = [] if node.op_type == "Shape" else [name for name in graphkit.node_reads(node) if name]
+        if any(name in on_layer for name in values):
+            on_layer.update(node.output)
+            sides += [name for name in values if name in on_input and name not in sides]
+        elif any(name in on_input for name in values):
+            on_input.update(node.output)
+    return sides
+
+
+def find_tail(model: onnx.ModelProto, tail: str, shape: Sequence[int]) -> list[str] | None:
+    """The side inputs the model after ``tail`` needs (``[]``: the layer alone feeds the rest), or
+    None where no tail model can be cut (the rest reads the input itself after the layer)."""
+    for sides in ([], None):
+        sides = tail_sides(model, tail) if sides is None else sides
+        if sides is None or INPUT in sides:
+            return None
+        try:
+            tail_model(model, tail, shape, sides)
+            return sides
+        except ContractError:
+            continue
+    return None

@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+from pytorch_grad_cam import AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 
 from conftest import skimage_photo
 from onnxcam.models import detection
@@ -30,7 +30,7 @@ from test_cli import run as run_cli
 SIZE = 256
 PHOTOS = ("astronaut.png", "coffee.png")
 ORACLES = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM,
-           "eigencam": EigenCAM}
+           "eigencam": EigenCAM, "ablationcam": AblationCAM}
 # per-detection maps against pytorch-grad-cam: 1e-4, else (a detection whose map is float32 noise amplified by
 # the min-max: random weights) within twice pytorch-grad-cam's own distance from the float64 truth (tolerances.py)
 TOLERANCE = 1e-4
@@ -62,13 +62,16 @@ _DOUBLES: dict[int, torch.nn.Module] = {}
 def oracle_map(model, batch, image: int, anchor: int, column: int, method: str, layer: str,
                double: bool = False) -> np.ndarray:
     """pytorch-grad-cam's map of ``output[anchor, column]`` for one image, on the torch network (in float64:
-    the truth the two-tier check measures float32 noise against, ``tolerances.py``)."""
+    the truth the two-tier check measures float32 noise against, ``tolerances.py``). Ablation-CAM compares
+    the box's score itself (RetinaNet's: the sigmoid of the logit), not the logit."""
     if double and id(model) not in _DOUBLES:
         _DOUBLES[id(model)] = copy.deepcopy(model).double()
     raw = detection.RawHeads(_DOUBLES[id(model)] if double else model).eval()
     tensor = torch.from_numpy(batch[image:image + 1])
     with ORACLES[method](raw, [raw.get_submodule(layer)]) as cam:
-        return cam(tensor.double() if double else tensor, targets=[lambda out: out[anchor, column]])[0]
+        target = (lambda out: torch.sigmoid(out[anchor, column])) if method == "ablationcam" else \
+            (lambda out: out[anchor, column])
+        return cam(tensor.double() if double else tensor, targets=[target])[0]
 
 
 def test_detections_are_torchvision_s(retinanet, photos):
@@ -86,7 +89,7 @@ def test_detections_are_torchvision_s(retinanet, photos):
         assert np.abs(kept.scores - truth["scores"].numpy()).max() < 1e-5
 
 
-@pytest.mark.parametrize("method", list(ORACLES))
+@pytest.mark.parametrize("method", [name for name in ORACLES if name != "ablationcam"])  # ablation: SSDlite
 def test_each_detection_map_matches_pytorch_grad_cam(retinanet, photos, method):
     model, path = retinanet
     explainer = Explainer(path, providers="cpu")
@@ -173,3 +176,54 @@ def test_detect_refusals_are_one_line(retinanet, tmp_path):
     assert run_cli("export", "zoo:tiny", "--layer", "features", "--input-size", "48", "-o", classifier).exit_code == 0
     assert_one_line_error(run_cli("detect", classifier, photo, "--out", out), r"no detection record")
     assert not out.exists()
+
+
+def test_top_detection_in_one_call_is_the_decoded_first(retinanet, photos):
+    """``max_detections=1`` explains each image's top detection in a single session call (resolved in the
+    graph): the same detection and map as decoding first and explaining the decoded element."""
+    from onnxcam.runtime.contract import InputError
+    from onnxcam.runtime.detection.explain import _explain_found
+    from onnxcam.runtime.targets import DetectionTarget
+
+    explainer = Explainer(retinanet[1], providers="cpu")
+    top = explain_detections(explainer, photos, "gradcam", max_detections=1)
+    found = detect(explainer, photos, max_detections=1)
+    two_step = _explain_found(explainer, photos, found, "gradcam", None)
+    for one, two in zip(top, two_step):
+        assert len(one.detections) == 1
+        assert np.array_equal(one.detections.anchors, two.detections.anchors)
+        assert np.array_equal(one.detections.columns, two.detections.columns)
+        np.testing.assert_allclose(one.maps, two.maps, rtol=0, atol=1e-6)
+    # the box columns carry no gradient in these graphs (detached at export): refused, not a zero map
+    with pytest.raises(InputError, match="box-regression column"):
+        explainer.explain(photos, "gradcam", targets=DetectionTarget(2))
+
+
+def test_ablation_cam_per_detection_at_a_backbone_stage(tmp_path):
+    """Ablation-CAM per detection at ``layer4``, which the FPN does not read alone (it also reads layer2 and
+    layer3): the model after the layer takes those as side inputs, computed once by the explain call. Each
+    map equals pytorch-grad-cam's AblationCAM on the same network, with the box's own score (the sigmoid of
+    its logit) as the target. A RetinaNet on ResNet-18 with a 64-channel FPN keeps the 512 ablations cheap."""
+    import torchvision
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    size = 128
+    torch.manual_seed(0)
+    backbone = BackboneWithFPN(torchvision.models.resnet18(), {"layer2": "0", "layer3": "1", "layer4": "2"},
+                               [128, 256, 512], 64, extra_blocks=LastLevelP6P7(64, 64))
+    model = torchvision.models.detection.RetinaNet(backbone, num_classes=5, min_size=size, max_size=size).eval()
+    model.score_thresh = 0.001
+    path = tmp_path / "retinanet18.onnx"
+    detection.export_detector(model, path, ["backbone.body.layer4"], size)
+    explainer = Explainer(path, providers="cpu")
+    assert explainer.contract.layers[0].tail["sides"]  # the FPN's lateral branches of layer2 and layer3
+    batch, _ = load_batch([skimage_photo("astronaut.png")], explainer.contract)
+    found = explain_detections(explainer, batch, "ablationcam", max_detections=2)[0]
+    assert len(found.detections) == 2
+    assert min(found.maps[k].max() for k in range(2)) > 0.5  # real maps, not the all-zero one of a saturated score
+    assert np.abs(found.maps[0] - found.maps[1]).max() > 0.05  # each detection its own map
+    where = (model, batch, 0, int(found.detections.anchors[0]), int(found.detections.columns[0]), "ablationcam",
+             "backbone.body.layer4")
+    assert_two_tier(found.maps[0], oracle_map(*where), lambda: oracle_map(*where, double=True),
+                    what="ablation-cam, the top detection")

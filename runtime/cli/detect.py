@@ -18,7 +18,7 @@ from onnxcam.runtime.image import COLORMAPS
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-m", "--method", "methods_", multiple=True, default=("gradcam",), show_default=True,
-              help="Method (repeat for several): gradcam, gradcam++, hirescam, layercam, eigencam, …")
+              help="Method (repeat for several): gradcam, gradcam++, hirescam, layercam, eigencam, ablationcam, …")
 @click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
               help="Explain detections scoring at least this. Default: the model's own threshold.")
 @click.option("--max-detections", type=click.IntRange(min=1), default=None,

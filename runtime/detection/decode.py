@@ -37,6 +37,7 @@ import numpy as np
 from onnxcam.runtime.detection.nms import batched_nms
 
 FAMILIES = ("retinanet", "fcos", "ssd")
+AUGMENTED_FAMILIES = ("yolo", "picodet")  # bare ONNX files through `onnxcam augment --detector`
 PARAMS = ("score_thresh", "nms_thresh", "detections_per_img", "topk_candidates")
 
 # Column of raw where the class logits start.
@@ -79,9 +80,17 @@ def decode(family: str, raw: np.ndarray, anchors: np.ndarray, levels: Sequence[i
 
     raw: float32 [A, D]; anchors: float32 [A, 4]; levels: anchors per level (sum A);
     image_size: (h, w); params: the four ``PARAMS``.
+
+    Files augmented with ``--detector`` decode as their own post-processing does: ``yolo`` (raw
+    ``[4 + C, A]``, ``runtime/detection/yolo.py``) and ``picodet`` (``runtime/detection/picodet.py``);
+    they need no anchor boxes.
     """
+    if family in AUGMENTED_FAMILIES:
+        from onnxcam.runtime.detection import picodet, yolo
+
+        return {"yolo": yolo, "picodet": picodet}[family].decode(raw, image_size, params)
     if family not in FAMILIES:
-        raise ValueError(f"unknown detector family {family!r}: expected one of {FAMILIES}")
+        raise ValueError(f"unknown detector family {family!r}: expected one of {FAMILIES + AUGMENTED_FAMILIES}")
     missing = [name for name in PARAMS if name not in params]
     if missing:
         raise ValueError(f"params lacks {missing}")
@@ -113,6 +122,22 @@ def class_scores(family: str, raw: np.ndarray) -> np.ndarray:
     if family == "fcos":
         return np.sqrt(sigmoid(logits) * sigmoid(raw[:, 4:5]))
     return softmax(logits)
+
+
+def box_scores(family: str, outputs: np.ndarray, anchor: int, column: int, layout: str = "anchors_first") -> np.ndarray:
+    """float32 ``[B]``: the score the detection of (``anchor``, ``column``) gets from each raw output
+    of a batch ``[B, *O]``, by the family's formula (``class_scores``'; ``yolo`` and ``picodet``
+    output their scores): the box-score target of methods that compare scores across forward
+    passes (Ablation-CAM, Score-CAM; docs/explainer-graph.md, "Detection")."""
+    rows = outputs[:, :, anchor] if layout == "columns_first" else outputs[:, anchor, :]  # [B, D]
+    if family in AUGMENTED_FAMILIES:
+        return rows[:, column].astype(_F32)
+    if family == "retinanet":
+        return sigmoid(rows[:, column])
+    if family == "fcos":
+        return np.sqrt(sigmoid(rows[:, column]) * sigmoid(rows[:, 4]))
+    first = _FIRST_CLASS_COLUMN[family]
+    return softmax(rows[:, first:])[:, column - first]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

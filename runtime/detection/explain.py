@@ -38,7 +38,8 @@ def detection_of(explainer) -> Detection:
     found = explainer.contract.detection
     if found is None:
         raise ContractError(f"{explainer.path}: this graph has no detection record; export a single-stage detector "
-                            "with onnxcam.models.detection.export_detector (RetinaNet, FCOS, SSD)")
+                            "with onnxcam.models.detection.export_detector (RetinaNet, FCOS, SSD), or augment an ONNX "
+                            "detector with `onnxcam augment --detector yolo|picodet`")
     return found
 
 
@@ -58,8 +59,13 @@ def detect(explainer, batch: np.ndarray, score_threshold: float | None = None, m
            classes: Sequence[int] | None = None) -> list[Detections]:
     """The kept detections of each image of ``batch`` ``[N, C, H, W]``: torchvision's post-processing,
     then the optional filters (a higher score threshold, at most ``max_detections``, only ``classes``)."""
+    return decode_batch(explainer, explainer.forward(batch), score_threshold, max_detections, classes)
+
+
+def decode_batch(explainer, raw: np.ndarray, score_threshold: float | None = None, max_detections: int | None = None,
+                 classes: Sequence[int] | None = None) -> list[Detections]:
+    """``detect`` from the raw outputs ``[N, *O]`` already computed."""
     record = detection_of(explainer)
-    raw = explainer.forward(batch)
     anchors = anchor_boxes(explainer)
     size = tuple(int(s) for s in explainer.contract.input_shape[1:])
     found = []
@@ -78,8 +84,20 @@ def detect(explainer, batch: np.ndarray, score_threshold: float | None = None, m
 def explain_detections(explainer, batch: np.ndarray, method: str = "gradcam", layers=None,
                        score_threshold: float | None = None, max_detections: int | None = None,
                        classes: Sequence[int] | None = None) -> list[ExplainedDetections]:
-    """Every kept detection of every image explained, in one session call for the whole batch."""
+    """Every kept detection of every image explained, in one session call for the whole batch.
+
+    The top detection alone (``max_detections=1``, no class filter) takes a single call: the
+    graph resolves each image's best element (``targets.detection``, element ``-1``) while it
+    explains it, and the decode of that call's raw outputs confirms it (where it does not, as
+    on a tie, the image is explained again with the decoded element)."""
+    if max_detections == 1 and classes is None:
+        return _explain_top(explainer, batch, method, layers, score_threshold)
     found = detect(explainer, batch, score_threshold, max_detections, classes)
+    return _explain_found(explainer, batch, found, method, layers)
+
+
+def _explain_found(explainer, batch, found: list[Detections], method, layers) -> list[ExplainedDetections]:
+    """One call explaining the given detections of each image (padded to the most an image has)."""
     record, shape = detection_of(explainer), explainer.contract.output.shape
     most = max((len(d.scores) for d in found), default=0)
     height, width = explainer.contract.input_shape[1:]
@@ -89,9 +107,29 @@ def explain_detections(explainer, batch: np.ndarray, method: str = "gradcam", la
     for i, kept in enumerate(found):
         flat = record.elements(kept.anchors, kept.columns, shape)
         elements[i] = np.concatenate([flat, np.repeat(flat[:1] if len(flat) else [0], most - len(flat))])
-    result = explainer.explain(batch, method=method, targets=DetectionTarget(elements), layers=layers)
+    result = explainer.explain(batch, method=method, targets=DetectionTarget(elements, record), layers=layers)
     maps = result.maps.reshape(len(batch), most, height, width)
     return [ExplainedDetections(kept, maps[i, :len(kept.scores)]) for i, kept in enumerate(found)]
+
+
+def _explain_top(explainer, batch, method, layers, score_threshold) -> list[ExplainedDetections]:
+    """Each image's top detection, resolved and explained in one call (``explain_detections``)."""
+    record, shape = detection_of(explainer), explainer.contract.output.shape
+    result = explainer.explain(batch, method=method, targets=DetectionTarget(np.full((len(batch), 1), -1), record),
+                               layers=layers)
+    found = decode_batch(explainer, result.logits, score_threshold, 1)
+    height, width = explainer.contract.input_shape[1:]
+    maps = result.maps.reshape(len(batch), height, width)
+    explained = [ExplainedDetections(kept, maps[i:i + 1] if len(kept) else np.zeros((0, height, width), np.float32))
+                 for i, kept in enumerate(found)]
+    chosen = np.asarray(result.targets).reshape(-1)
+    redo = [i for i, kept in enumerate(found)
+            if len(kept) and record.elements(kept.anchors, kept.columns, shape)[0] != chosen[i]]
+    if redo:  # a tie the graph broke otherwise than the decode
+        again = _explain_found(explainer, batch[redo], [found[i] for i in redo], method, layers)
+        for i, fixed in zip(redo, again):
+            explained[i] = fixed
+    return explained
 
 
 def renormalise_in_boxes(map_: np.ndarray, boxes: np.ndarray) -> np.ndarray:

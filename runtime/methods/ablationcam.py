@@ -90,14 +90,22 @@ def ablation_cam_weights(layer_output: np.ndarray, score: Scorer, full: float, t
     return relative_drops(full, ablated_scores)
 
 
+def row_sides(outputs: dict[str, np.ndarray], sides, row: int, rows: int) -> dict[str, np.ndarray]:
+    """Row ``row`` of ``rows``'s values ``[1, …]`` of the tail's side tensors, fetched ``[rows, …]``
+    or, computed before the rows repeat per target, ``[N, …]``."""
+    return {side: outputs[side][row * len(outputs[side]) // rows][None] for side in sides}
+
+
 def passes(context: Passes, layer) -> np.ndarray:
     """``[R, C]``: every row's weights."""
     tail, layer_output = context.tail(layer), context.outputs[layer.tail["input"]]
+    rows, sides = len(context.scorers), layer.tail.get("sides", ())
     return np.stack([ablation_cam_weights(layer_output[r], context.scorers[r],
-                                          context.scorers[r](context.model_output[r:r + 1])[0], tail,
+                                          context.scorers[r](context.model_output[r:r + 1])[0],
+                                          lambda batch, r=r: tail(batch, row_sides(context.outputs, sides, r, rows)),
                                           channel_axis=layer.tail["channel_axis"] - 1,
                                           where=f"layer {layer.name!r}, row {r}")
-                     for r in range(len(context.scorers))])
+                     for r in range(rows)])
 
 
 METHOD = Method("ablationcam", passes=passes, needs_gradient=False, needs_tail=True)

@@ -94,6 +94,10 @@ class OutputTarget(Target):
         if mask.shape[0] != images:
             raise InputError(f"got selections for {mask.shape[0]} image(s) in a batch of {images}; "
                              "give one per image or one for all")
+        record = contract.detection
+        if record is not None and not record.box_gradient and (mask[..., record.box_mask(contract.output.shape)] != 0).any():
+            raise InputError(f"the selection reaches the detector's box-regression columns (the first "
+                             f"{record.box_columns}), which carry no gradient in this graph; select class columns")
         return {SELECTION: np.ascontiguousarray(mask, np.float32)}
 
     def build(self, b: Builder, output: str, contract) -> Seeded:
