@@ -43,6 +43,7 @@ def export_architecture(
     input_gradients: Sequence[str] = (),
     model_output: str | None = None,
     attention: str | Sequence[str] | None = None,
+    local_gradient: bool = False,
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """Build ``architecture`` and export its explainer graph.
@@ -52,10 +53,13 @@ def export_architecture(
     state-dict file), or ``module:factory``. model_output: which output of a model returning
     a dict or tuple to explain (default: the first; torchvision segmenters: ``out``).
     attention: blocks whose attention probabilities to output (``"all"`` or module names;
-    ``export_explainer``'s).
+    ``export_explainer``'s). local_gradient: a detector's class-head backward in the detection's
+    receptive field only (``models/detection.py``: ``LocalRawHeads``; RetinaNet v1).
     """
     import torch
 
+    if local_gradient and architecture not in detection.ARCHITECTURES:
+        raise ValueError("--local-gradient applies to a single-stage detector's class head (retinanet_resnet50_fpn)")
     if ":" in architecture:
         model = load_factory(architecture)
         if weights is not None:
@@ -78,6 +82,8 @@ def export_architecture(
         name = architecture
     elif architecture in detection.ARCHITECTURES:
         model = detection.build(architecture, weights, input_size)
+        if local_gradient:
+            detection.LocalRawHeads(model)  # refuses, before any progress line, a head it cannot serve
         layers = layers or [detection.ARCHITECTURES[architecture][0]]
         size = input_size or detection.ARCHITECTURES[architecture][1]
         if weights is None:
@@ -85,7 +91,7 @@ def export_architecture(
         progress(f"exporting {architecture}'s raw heads at layer(s) {', '.join(layers)}, input 3x{size}x{size} …")
         return detection.export_detector(model, output, layers, size,
                                          labels=labels if labels is not None else detection.labels(architecture),
-                                         architecture=architecture)
+                                         architecture=architecture, local_gradient=local_gradient)
     else:
         recipe = torchvision_recipes.recipe(architecture)
         model = torchvision_recipes.build(architecture, weights, input_size)

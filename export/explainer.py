@@ -216,17 +216,20 @@ class ExplainerModule(nn.Module):
                 input = _repeat_rows(input, per_image).clone().requires_grad_(True)
             else:
                 self._repeats = per_image
+            seed_rows = seed.reshape(-1, *seed.shape[2:])
             with self._taps.active(self.model):  # attention as explicit maths, tapped where asked
-                raw = self.model(input)
-            output = select_output(raw, self.output)
+                # a model that reads the seed (models/detection.py: LocalRawHeads) gets its rows too, and
+                # returns the output's values and the tensor of the same values the seed is pulled back on
+                raw, pulled = self.model(input, seed_rows) if reads_seed(self.model) else (self.model(input),) * 2
+            output, pulled = select_output(raw, self.output), select_output(pulled, self.output)
             if output.dim() < 2:
                 raise ValueError(f"the model output has shape {tuple(output.shape)}; onnxcam needs a batch axis "
                                  "and at least one more ([N, classes], [N, D], [N, classes, H, W]…)")
-            seed_rows = seed.reshape(-1, *seed.shape[2:]).to(output.dtype)
+            seed_rows = seed_rows.to(output.dtype)
             captured = list(self._captured)
             attention = [self._attention[block] for block in self.attention_blocks]
             plain_inputs = [input] if "plain" in self.input_gradients else []
-            gradients = torch.autograd.grad(output, captured + attention + plain_inputs, grad_outputs=seed_rows,
+            gradients = torch.autograd.grad(pulled, captured + attention + plain_inputs, grad_outputs=seed_rows,
                                             retain_graph=True)
             input_gradients = list(gradients[len(captured) + len(attention):])
             attention_gradients = list(gradients[len(captured):len(captured) + len(attention)])
@@ -234,7 +237,7 @@ class ExplainerModule(nn.Module):
             if "guided" in self.input_gradients:
                 GuidedReLU.guided = True
                 try:
-                    input_gradients += torch.autograd.grad(output, [input], grad_outputs=seed_rows)
+                    input_gradients += torch.autograd.grad(pulled, [input], grad_outputs=seed_rows)
                 finally:
                     GuidedReLU.guided = False
         activations = [to_feature_map(a, r, t) for a, r, t in zip(captured, self.reshapes, self.tokens)]
@@ -375,7 +378,7 @@ def export_explainer(
     if "guided" in input_gradients and _replace_relus(model) == 0:
         warnings.warn("the model has no nn.ReLU/ReLU6 modules: its guided gradient equals the plain input gradient")
     output_shape = [int(s) for s in explained.shape[1:]]
-    share_at_input = bool(input_gradients) or bool(blocks) or not _rows_can_repeat_at_layer(
+    share_at_input = bool(input_gradients) or bool(blocks) or reads_seed(model) or not _rows_can_repeat_at_layer(
         model, layers, reshapes, cam_heads, example, output, output_shape, layer_tokens)
     wrapper = ExplainerModule(model, layers, reshapes, cam_heads, input_gradients, share_at_input, output,
                               layer_tokens, blocks).eval()
@@ -451,6 +454,14 @@ def export_explainer(
                         advice="export another layer, or report this with the model")
 
     return write_checked(model_proto, record, Path(path), check, convert if fp16 else None)
+
+
+def reads_seed(model: nn.Module) -> bool:
+    """Whether ``model(input, seed_rows)`` takes the seed rows ``[N·K, *O]`` too, to build a cheaper
+    backward exact for the seeds it accepts (``models/detection.py``: ``LocalRawHeads``); it returns
+    the output and a tensor of the same values whose backward is the cheaper one. Its rows are
+    then one per (image, target) from the input on."""
+    return bool(getattr(model, "reads_seed", False))
 
 
 def _rows_can_repeat_at_layer(model, layers, reshapes, cam_heads, example, output, output_shape, tokens) -> bool:

@@ -142,7 +142,8 @@ class Detection:
     ``[A, 4]`` (None where the family needs none), how many leading columns are box regression
     (and centre-ness), the class count and names, the layout: ``anchors_first`` ``[A, D]``,
     or ``columns_first`` ``[D, A]`` (Ultralytics' ``[4 + classes, anchors]``), and whether the
-    box columns carry a gradient (false: detached at export, only class columns can be targets)."""
+    box columns carry a gradient (false: detached at export, only class columns can be targets),
+    and whether the gradient is local (``LocalRawHeads``: exact for one element a row only)."""
 
     family: str
     levels: tuple[int, ...]
@@ -153,6 +154,7 @@ class Detection:
     labels: tuple[str, ...] | None = None
     layout: str = "anchors_first"
     box_gradient: bool = True
+    local_gradient: bool = False
 
     def box_mask(self, shape: tuple[int, int]) -> np.ndarray:
         """bool ``shape`` (the output without the batch): True at the box (and centre-ness) columns."""
@@ -392,7 +394,8 @@ def _detection(entry: dict | None) -> Detection | None:
     return Detection(family=entry["family"], levels=tuple(int(n) for n in entry["levels"]), params=dict(entry["params"]),
                      anchors=entry["anchors"], box_columns=int(entry["box_columns"]), classes=int(entry["classes"]),
                      labels=tuple(labels) if labels else None, layout=entry.get("layout", "anchors_first"),
-                     box_gradient=bool(entry.get("box_gradient", True)))
+                     box_gradient=bool(entry.get("box_gradient", True)),
+                     local_gradient=bool(entry.get("local_gradient", False)))
 
 
 _NOT_EXPLAINER = ("{what}: this is not an onnxcam explainer graph ({why}); "

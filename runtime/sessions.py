@@ -70,7 +70,7 @@ class Sessions:
         """A ``ContractError`` if the graph does not record the model after ``layer``."""
         if not layer.tail:
             raise ContractError(
-                f"{self.what}: layer {layer.name!r} has no model tail in this graph (a connection bypasses the layer, "
+                f"{self.what}: layer {layer.name!r} has no model tail in this graph (the rest reads the input itself, "
                 "the graph is float16, or an older onnxcam exported it); Ablation-CAM needs it: re-export in float32 "
                 "with `onnxcam export`, or explain a layer whose output alone feeds the rest of the model")
 

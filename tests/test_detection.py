@@ -227,3 +227,35 @@ def test_ablation_cam_per_detection_at_a_backbone_stage(tmp_path):
              "backbone.body.layer4")
     assert_two_tier(found.maps[0], oracle_map(*where), lambda: oracle_map(*where, double=True),
                     what="ablation-cam, the top detection")
+
+
+def test_local_gradient_is_exact_and_refuses_what_it_cannot_serve(tmp_path):
+    """RetinaNet v1 exported with ``local_gradient``: each detection's backward runs through the class head on
+    its receptive field only, and the maps still equal pytorch-grad-cam's on the full torch network. The
+    output target (a sum over many elements) is refused in one line; a head with GroupNorm (v2) cannot be
+    exported so."""
+    from onnxcam.runtime.contract import InputError
+    from onnxcam.runtime.targets import OutputTarget
+
+    size = 160
+    torch.manual_seed(0)
+    model = detection.build("retinanet_resnet50_fpn", size=size)
+    model.score_thresh = 0.0105
+    path = tmp_path / "retinanet_local.onnx"
+    record = detection.export_detector(model, path, ["backbone.body.layer4"], size, local_gradient=True)
+    assert record["detection"]["local_gradient"]
+    explainer = Explainer(path, providers="cpu")
+    batch, _ = load_batch([skimage_photo("coffee.png")], explainer.contract)
+    found = explain_detections(explainer, batch, "gradcam", max_detections=2)[0]
+    assert len(found.detections) == 2
+    for k in range(2):
+        where = (model, batch, 0, int(found.detections.anchors[k]), int(found.detections.columns[k]), "gradcam",
+                 "backbone.body.layer4")
+        assert_two_tier(found.maps[k], oracle_map(*where), lambda: oracle_map(*where, double=True),
+                        what=f"local gradient, detection {k}")
+    with pytest.raises(InputError, match="local"):
+        explainer.explain(batch, "gradcam", targets=OutputTarget(":"))
+    refused = run_cli("export", "retinanet_resnet50_fpn_v2", "--input-size", 64, "--local-gradient",
+                      "-o", tmp_path / "v2.onnx")
+    assert_one_line_error(refused, "normalisation")
+    assert not (tmp_path / "v2.onnx").exists()

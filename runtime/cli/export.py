@@ -37,9 +37,12 @@ from onnxcam.runtime.cli.files import check_writable
               help="Also output the attention probabilities [heads, tokens, tokens] of these blocks and their "
                    "gradients: 'all' (needed by -m attention-rollout / gradient-rollout and `onnxcam attention`), or "
                    "module names (repeat). Global self-attention only (ViT, DeiT; not Swin's windows).")
+@click.option("--local-gradient", is_flag=True,
+              help="Detectors without normalisation in the class head (retinanet_resnet50_fpn): backpropagate each "
+                   "detection through its receptive field only (faster; detection targets only).")
 def command(architecture: str, output: Path, weights: Path | None, layers: tuple[str, ...],
             input_size: int | None, reshape: str | None, model_output: str | None, labels_file: Path | None,
-            fp16: bool, input_gradients: tuple[str, ...], attention: tuple[str, ...]) -> None:
+            fp16: bool, input_gradients: tuple[str, ...], attention: tuple[str, ...], local_gradient: bool) -> None:
     """Export ARCHITECTURE as an explainer graph (needs onnxcam[export]).
 
     ARCHITECTURE is efficientnet_lite0 (ImageNet-pretrained, weights from the
@@ -59,6 +62,7 @@ def command(architecture: str, output: Path, weights: Path | None, layers: tuple
       onnxcam export resnet50 --input-gradient guided -o resnet50-guided.onnx
       onnxcam export vit_b_16 --attention all -o vit.onnx            (rollout, attention maps)
       onnxcam export swin_t --layer norm -o swin.onnx                 (channels-last stages)
+      onnxcam export retinanet_resnet50_fpn --weights r.pth --local-gradient -o r.onnx  (detector)
     """
     try:
         from onnxcam.export.build import export_architecture
@@ -71,7 +75,7 @@ def command(architecture: str, output: Path, weights: Path | None, layers: tuple
         architecture, output, weights=weights, layers=list(layers) or None, input_size=input_size,
         reshape=reshape, labels=read_labels(labels_file), fp16=fp16, input_gradients=input_gradients,
         model_output=model_output, attention=list(attention) if attention != ("all",) else "all",
-        progress=lambda message: click.echo(message, err=True),
+        local_gradient=local_gradient, progress=lambda message: click.echo(message, err=True),
     )
     layer_text = ", ".join(f"{l['name']} {tuple(l['shape'])}" for l in record["layers"])
     blocks = f"; attention of {len(record['attention'])} block(s)" if record.get("attention") else ""

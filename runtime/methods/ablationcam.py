@@ -102,7 +102,8 @@ def passes(context: Passes, layer) -> np.ndarray:
     rows, sides = len(context.scorers), layer.tail.get("sides", ())
     return np.stack([ablation_cam_weights(layer_output[r], context.scorers[r],
                                           context.scorers[r](context.model_output[r:r + 1])[0],
-                                          lambda batch, r=r: tail(batch, row_sides(context.outputs, sides, r, rows)),
+                                          (lambda batch, r=r: tail(batch, row_sides(context.outputs, sides, r, rows)))
+                                          if sides else tail,
                                           channel_axis=layer.tail["channel_axis"] - 1,
                                           where=f"layer {layer.name!r}, row {r}")
                      for r in range(rows)])

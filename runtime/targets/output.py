@@ -95,6 +95,9 @@ class OutputTarget(Target):
             raise InputError(f"got selections for {mask.shape[0]} image(s) in a batch of {images}; "
                              "give one per image or one for all")
         record = contract.detection
+        if record is not None and record.local_gradient:
+            raise InputError("this detector graph's backward is local: exact for one detection element a row only; "
+                             "use the detection target (`onnxcam detect`, or -t detection:ANCHOR,COLUMN)")
         if record is not None and not record.box_gradient and (mask[..., record.box_mask(contract.output.shape)] != 0).any():
             raise InputError(f"the selection reaches the detector's box-regression columns (the first "
                              f"{record.box_columns}), which carry no gradient in this graph; select class columns")
