@@ -10,7 +10,7 @@ from torch import nn
 
 from onnxcam.export.explainer import export_explainer
 from onnxcam.export.layers import find_layer
-from onnxcam.models import detection, efficientnet_lite0, torchvision_recipes
+from onnxcam.models import detection, efficientnet_lite0, faster_rcnn, torchvision_recipes
 
 
 def load_factory(spec: str) -> nn.Module:
@@ -58,6 +58,19 @@ def export_architecture(
     """
     import torch
 
+    if architecture in faster_rcnn.ARCHITECTURES:  # two graphs: <stem>.features.onnx, <stem>.heads.onnx
+        if local_gradient or layers or reshape or input_gradients or attention or fp16:
+            raise ValueError(f"{architecture} is exported as pytorch-grad-cam's tutorial explains it (the FPN, EigenCAM "
+                             "and Ablation-CAM); --layer, --local-gradient, --fp16 and gradient options do not apply")
+        size = input_size or 320
+        model = faster_rcnn.build(architecture, size, weights, recalibrate=weights is None)
+        if weights is None:
+            progress(f"note: {architecture} has random weights (no --weights); its maps only show the mechanics")
+        stem = Path(output).with_suffix("") if str(output).endswith(".onnx") else Path(output)
+        progress(f"exporting {architecture} as {stem}.features.onnx and {stem}.heads.onnx, input 3x{size}x{size} …")
+        _, _, record = faster_rcnn.export_faster_rcnn(
+            model, stem, size, architecture, labels if labels is not None else faster_rcnn.labels(architecture))
+        return record
     if local_gradient and architecture not in detection.ARCHITECTURES:
         raise ValueError("--local-gradient applies to a single-stage detector's class head (retinanet_resnet50_fpn)")
     if ":" in architecture:

@@ -20,6 +20,7 @@ MobileNetV3 FPN (levels 0, 1, pool). The oracle here is that layer with the back
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -193,3 +194,38 @@ def test_ablated_levels_touch_one_channel():
     changed = two_stage.ablated(levels, 6)  # level 1, channel 2
     assert changed[0] is levels[0] and levels[1].min() == 1
     assert (changed[1][0, 2] == -1000).all() and np.delete(changed[1][0], 2, axis=0).min() == 1
+
+
+def test_export_and_detect_from_the_command_line(tmp_path):
+    """`onnxcam export fasterrcnn_*` writes the two graphs; `onnxcam detect` on the features graph writes, per
+    detection, the EigenCAM and Ablation-CAM pictures and maps (EigenCAM's equal to ``two_stage.eigencam``) and
+    the detections' JSON; gradient methods are refused in one line, with no output folder."""
+    from test_cli import assert_one_line_error, run as run_cli
+
+    architecture = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    result = run_cli("export", architecture, "--input-size", SIZE, "-o", tmp_path / "frcnn.onnx")
+    assert result.exit_code == 0, result.output
+    features = tmp_path / "frcnn.features.onnx"
+    assert features.exists() and (tmp_path / "frcnn.heads.onnx").exists()
+    out = tmp_path / "out"
+    result = run_cli("detect", features, skimage_photo("astronaut.png"), "-m", "eigencam", "-m", "ablationcam",
+                     "--max-detections", 1, "--save-maps", "--out", out)
+
+    assert result.exit_code == 0, result.output
+    for name in ("astronaut.eigencam.png", "astronaut.eigencam.det1.png", "astronaut.ablationcam.det1.png",
+                 "astronaut.ablationcam.det1.npy", "astronaut.detections.json"):
+        assert (out / name).exists(), name
+    runtime = two_stage.load(features, providers="cpu")
+    view = fit_to_input(load_image(skimage_photo("astronaut.png")), runtime.preprocessing)
+    batch = to_tensor(view, runtime.preprocessing)[None]
+    first = two_stage.detect(runtime, batch)[0].take([0])
+    described = json.loads((out / "astronaut.detections.json").read_text())
+    assert len(described) == 1 and described[0]["class"] == int(first.labels[0])
+    np.testing.assert_allclose(described[0]["box"], first.boxes[0], rtol=0, atol=1e-2)
+    np.testing.assert_allclose(np.load(out / "astronaut.eigencam.det1.npy"), two_stage.eigencam(runtime, batch)[0],
+                               rtol=0, atol=1e-6)
+    ablation = np.load(out / "astronaut.ablationcam.det1.npy")  # its equality with pytorch-grad-cam: above
+    assert ablation.shape == (SIZE, SIZE) and 0 <= ablation.min() and 0.5 < ablation.max() <= 1
+    refused = run_cli("detect", features, skimage_photo("astronaut.png"), "-m", "gradcam", "--out", tmp_path / "no")
+    assert_one_line_error(refused, "eigencam or -m ablationcam")
+    assert not (tmp_path / "no").exists()

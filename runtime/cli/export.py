@@ -63,6 +63,7 @@ def command(architecture: str, output: Path, weights: Path | None, layers: tuple
       onnxcam export vit_b_16 --attention all -o vit.onnx            (rollout, attention maps)
       onnxcam export swin_t --layer norm -o swin.onnx                 (channels-last stages)
       onnxcam export retinanet_resnet50_fpn --weights r.pth --local-gradient -o r.onnx  (detector)
+      onnxcam export fasterrcnn_resnet50_fpn --weights f.pth -o frcnn.onnx  (frcnn.features/heads.onnx)
     """
     try:
         from onnxcam.export.build import export_architecture
@@ -77,6 +78,11 @@ def command(architecture: str, output: Path, weights: Path | None, layers: tuple
         model_output=model_output, attention=list(attention) if attention != ("all",) else "all",
         local_gradient=local_gradient, progress=lambda message: click.echo(message, err=True),
     )
+    if "cam_activations" in record:  # Faster R-CNN: two graphs (models/faster_rcnn.py)
+        stem = output.with_suffix("") if output.suffix == ".onnx" else output
+        click.echo(f"wrote {stem}.features.onnx and {stem}.heads.onnx (FPN levels {', '.join(record['levels'])}; "
+                   f"explain with `onnxcam detect {stem}.features.onnx IMAGE -m eigencam -m ablationcam`)")
+        return
     layer_text = ", ".join(f"{l['name']} {tuple(l['shape'])}" for l in record["layers"])
     blocks = f"; attention of {len(record['attention'])} block(s)" if record.get("attention") else ""
     click.echo(f"wrote {output} (output {record['output']['shape']}; layers: {layer_text}{blocks})")

@@ -75,6 +75,23 @@ class FasterRCNN:
         return self.record["preprocessing"]
 
 
+def is_features_graph(path: str | Path) -> bool:
+    """Whether ``path`` is a Faster R-CNN features graph (it carries the ``RECORD_KEY`` record)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not an ONNX file: the caller's own loading says so
+        return False
+    return any(prop.key == RECORD_KEY for prop in model.metadata_props)
+
+
+def label(model: FasterRCNN, class_id: int) -> str:
+    """A class id's name from the record's labels, or the id."""
+    labels = model.record.get("labels") or []
+    return labels[class_id] if 0 <= class_id < len(labels) else str(class_id)
+
+
 def load(features: str | Path, heads: str | Path | None = None, providers=None) -> FasterRCNN:
     """Open ``<stem>.features.onnx`` and its ``<stem>.heads.onnx`` (default: the name beside it)."""
     features = Path(features)
