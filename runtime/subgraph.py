@@ -140,13 +140,15 @@ def tail_sides(model: onnx.ModelProto, tail: str) -> list[str]:
 def find_tail(model: onnx.ModelProto, tail: str, shape: Sequence[int]) -> list[str] | None:
     """The side inputs the model after ``tail`` needs (``[]``: the layer alone feeds the rest), or
     None where no tail model can be cut (the rest reads the input itself after the layer)."""
-    for sides in ([], None):
-        sides = tail_sides(model, tail) if sides is None else sides
-        if sides is None or INPUT in sides:
-            return None
-        try:
-            tail_model(model, tail, shape, sides)
-            return sides
-        except ContractError:
-            continue
-    return None
+    try:
+        tail_model(model, tail, shape)
+        return []
+    except ContractError:
+        sides = tail_sides(model, tail)
+    if not sides or INPUT in sides:
+        return None
+    try:
+        tail_model(model, tail, shape, sides)
+    except ContractError:
+        return None
+    return sides

@@ -68,7 +68,7 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], sc
                           save_maps, provider, colormap, alpha)
     explainer = Explainer(model, providers=provider)
     record = detection_of(explainer)
-    wanted = [_class_id(text, record) for text in classes] or None
+    wanted = [_class_id(text, record.labels, record.classes) for text in classes] or None
     paths = image_paths(images)
     stems = output_stems(paths)
     written = 0
@@ -141,6 +141,7 @@ def _two_stage(model: Path, images, methods_, score_threshold, max_detections, c
 
     from onnxcam.runtime.contract import InputError
     from onnxcam.runtime.detection import two_stage
+    from onnxcam.runtime.detection.explain import filtered
     from onnxcam.runtime.image import fit_to_input, load_image, to_tensor
 
     refused = [m for m in methods_ if m not in TWO_STAGE_METHODS]
@@ -149,7 +150,7 @@ def _two_stage(model: Path, images, methods_, score_threshold, max_detections, c
                          "(gradient methods are not available for it yet); use -m eigencam or -m ablationcam")
     detector = two_stage.load(model, providers=provider)
     labels = detector.record.get("labels") or []
-    wanted = [_two_stage_class(text, labels) for text in classes] or None
+    wanted = [_class_id(text, labels, len(labels) or None) for text in classes] or None
     paths = image_paths(images)
     stems = output_stems(paths)
     written = 0
@@ -158,12 +159,7 @@ def _two_stage(model: Path, images, methods_, score_threshold, max_detections, c
             view = fit_to_input(load_image(path), detector.preprocessing)
             batch = to_tensor(view, detector.preprocessing)[None]
             found = two_stage.detect(detector, batch)[0]
-            chosen = np.ones(len(found), bool)
-            if score_threshold is not None:
-                chosen &= found.scores >= score_threshold
-            if wanted is not None:
-                chosen &= np.isin(found.labels, wanted)
-            found = found.take(np.flatnonzero(chosen)[:max_detections])
+            found = found.take(filtered(found.scores, found.labels, score_threshold, max_detections, wanted))
             if not len(found):
                 click.echo(f"{shown(path)}: no detection above the threshold"
                            + (" of the chosen class(es)" if wanted else "") + "; nothing written for it")
@@ -190,32 +186,20 @@ def _two_stage(model: Path, images, methods_, score_threshold, max_detections, c
     click.echo(f"wrote {written} image(s) to {shown(out_dir)}/", err=True)
 
 
-def _two_stage_class(text: str, labels: list[str]) -> int:
-    """A class id from an id or one of a Faster R-CNN's labels."""
-    from onnxcam.runtime.contract import InputError
-
-    if text.lstrip("-").isdigit():
-        return int(text)
-    if text in labels:
-        return labels.index(text)
-    raise InputError(f"--class {text!r} is not a class id or one of the detector's labels"
-                     + (f" (e.g. {', '.join(labels[1:4])})" if labels else "; give an id"))
-
-
-def _class_id(text: str, record) -> int:
-    """A class id from an id or a label of the detector's classes."""
+def _class_id(text: str, labels, classes: int | None) -> int:
+    """A class id from an id or one of the detector's ``labels`` (checked against ``classes`` where known)."""
     from onnxcam.runtime.contract import InputError
 
     if text.lstrip("-").isdigit():
         value = int(text)
-    elif record.labels and text in record.labels:
-        value = record.labels.index(text)
+    elif labels and text in labels:
+        value = list(labels).index(text)
     else:
         raise InputError(f"--class {text!r} is not a class id or one of the detector's labels"
-                         + (f" (e.g. {', '.join(record.labels[1:4])})" if record.labels else "; give an id"))
-    if not 0 <= value < record.classes:
-        raise InputError(f"--class {value} is out of range: the detector has {record.classes} classes "
-                         f"(0..{record.classes - 1})")
+                         + (f" (e.g. {', '.join(labels[1:4])})" if labels else "; give an id"))
+    if classes is not None and not 0 <= value < classes:
+        raise InputError(f"--class {value} is out of range: the detector has {classes} classes "
+                         f"(0..{classes - 1})")
     return value
 
 

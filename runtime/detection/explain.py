@@ -71,14 +71,20 @@ def decode_batch(explainer, raw: np.ndarray, score_threshold: float | None = Non
     found = []
     for image in raw:
         kept = decode(record.family, image, anchors, list(record.levels), size, record.params)
-        chosen = np.ones(len(kept.scores), bool)
-        if score_threshold is not None:
-            chosen &= kept.scores >= score_threshold
-        if classes is not None:
-            chosen &= np.isin(kept.labels, list(classes))
-        indices = np.flatnonzero(chosen)[:max_detections]
-        found.append(kept.take(indices))
+        found.append(kept.take(filtered(kept.scores, kept.labels, score_threshold, max_detections, classes)))
     return found
+
+
+def filtered(scores: np.ndarray, labels: np.ndarray, score_threshold: float | None = None,
+             max_detections: int | None = None, classes: Sequence[int] | None = None) -> np.ndarray:
+    """int64 ``[K]``: the indices of the detections (scores ``[D]`` by decreasing score, labels ``[D]``)
+    that pass the filters: at least ``score_threshold``, one of ``classes``, the first ``max_detections``."""
+    chosen = np.ones(len(scores), bool)
+    if score_threshold is not None:
+        chosen &= scores >= score_threshold
+    if classes is not None:
+        chosen &= np.isin(labels, list(classes))
+    return np.flatnonzero(chosen)[:max_detections]
 
 
 def explain_detections(explainer, batch: np.ndarray, method: str = "gradcam", layers=None,
