@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml web/package-lock.json examples/node/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[export,test]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,export,test,ray]'
 	# MTCNN's pretrained weights ship in facenet-pytorch's wheel; its metadata pins an old torch, so no deps
 	$(BIN)/python -m pip install --quiet --no-deps facenet-pytorch==2.6.0
 	# the browser demo and the Node example (tests/test_web.py, tests/test_node_example.py): npm packages,

@@ -14,7 +14,7 @@ import onnx
 
 from onnxcam.runtime import contract
 from onnxcam.runtime.contract import first_line
-from onnxcam.runtime.cli.files import usual_permissions
+from onnxcam.runtime.files import usual_permissions
 
 
 def write_explainer(model_proto: onnx.ModelProto, record: dict, path: Path) -> None:

@@ -34,13 +34,16 @@ class Explainer:
     """
 
     def __init__(self, path: str | Path, providers: str | Sequence[str] | None = None,
-                 postprocess: str = "graph", static_batches: bool | None = None):
+                 postprocess: str = "graph", static_batches: bool | None = None, threads: int | None = None):
         """path: an explainer graph. providers: ``None``/``"auto"``, ``"cuda"``, ``"cpu"`` or
         onnxruntime provider names. postprocess: ``"graph"`` computes maps inside onnxruntime
         (for the methods with an in-graph form; the rest run in numpy) and fetches only maps
         and per-target values; ``"numpy"`` fetches activations and gradients and computes maps
         in numpy (the reference path). static_batches: keep one fixed-size session per batch
-        size with bound buffers, captured as a CUDA graph on CUDA (default: on for CUDA)."""
+        size with bound buffers, captured as a CUDA graph on CUDA (default: on for CUDA).
+        threads: onnxruntime's threads per call on the CPU (default: one per core); ``threads=1``
+        and calls from several threads at once (an ``Explainer`` may be shared by threads) keep
+        every core busy with less waiting: ``onnxcam explain``'s pipeline (``runtime/run/pipeline.py``)."""
         if postprocess not in ("graph", "numpy"):
             raise ValueError(f"postprocess must be 'graph' or 'numpy', not {postprocess!r}")
         self.path = Path(path)
@@ -49,7 +52,7 @@ class Explainer:
         self.contract: Contract = parse_metadata({p.key: p.value for p in self.model.metadata_props}, str(self.path))
         check_graph(self.contract, declared_dims(self.model), str(self.path))
         self.postprocess = postprocess
-        self.sessions = Sessions(self.model, self.contract, self._providers, str(self.path), static_batches)
+        self.sessions = Sessions(self.model, self.contract, self._providers, str(self.path), static_batches, threads)
 
     @property
     def providers(self) -> list[str]:

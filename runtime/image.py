@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +25,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".g
 FORMATS = "PNG, JPEG, BMP, TIFF, WebP or GIF"
 MAX_PIXELS = 100_000_000  # the default pixel limit: 100 megapixels (about 0.3 GB decoded)
 MAX_PIXELS_VARIABLE = "ONNXCAM_MAX_PIXELS"
-REDUCED_MARGIN = 4  # decode at reduced size only while at least 4x the pixels needed remain, per side
+# decode at 1/2, 1/4, 1/8 size while each side keeps the pixels preprocessing resizes to: JPEG's scaled
+# decoding averages (an antialiased downscale) and is faster; what cv2.resize is left with is a small step.
+# On photos, the view is then closer to torchvision's antialiased Resize than full decoding's (tests/test_image.py)
+REDUCED_MARGIN = 1
 COLORMAPS = {
     "jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
     "viridis": cv2.COLORMAP_VIRIDIS, "magma": cv2.COLORMAP_MAGMA, "hot": cv2.COLORMAP_HOT,
@@ -51,24 +55,64 @@ def pixel_limit() -> int:
     return limit
 
 
+_QUIET = threading.Lock()
+_quiet = {"depth": 0}  # callers inside quiet_native_stderr, on every thread
+
+
 @contextmanager
 def quiet_native_stderr():
     """Silence what native decoders (libpng, libjpeg, OpenCV's logger) print straight to file
-    descriptor 2, so that a bad image gives onnxcam's one ``Error:`` line and nothing else."""
+    descriptor 2, so that a bad image gives onnxcam's one ``Error:`` line and nothing else.
+
+    Safe from several threads at once (a run's decoders): the first to enter points descriptor 2
+    at ``/dev/null`` and the last to leave restores it. Meanwhile Python's own ``sys.stderr``, where
+    it is descriptor 2, writes to a copy of the real one, so messages and progress of other threads
+    still show; a run wraps its whole pipeline in this, so that decoders never flip it back and forth.
+    """
+    with _QUIET:
+        if _quiet["depth"] == 0:
+            _quiet["state"] = _silence()
+        _quiet["depth"] += 1
+    try:
+        yield
+    finally:
+        with _QUIET:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0:
+                _restore(_quiet.pop("state"))
+
+
+def _silence():
+    """Point descriptor 2 at /dev/null; returns what ``_restore`` needs (None if stderr has no descriptor)."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):
-        yield
-        return
+        return None
     devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    stream = sys.stderr
     try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        redirect = stream.fileno() == 2
+    except (OSError, ValueError, AttributeError):
+        redirect = False
+    if redirect:  # Python's writes go on to the real stderr
+        sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), encoding=stream.encoding,
+                                      errors=stream.errors, line_buffering=True)
+    return saved, stream if redirect else None
+
+
+def _restore(state) -> None:
+    if state is None:
+        return
+    saved, stream = state
+    if stream is not None:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = stream
+    os.dup2(saved, 2)
+    os.close(saved)
 
 
 def image_size(path: str | Path, data: bytes | None = None) -> tuple[int, int]:
@@ -120,6 +164,36 @@ def check_image(path: str | Path) -> tuple[int, int]:
     return width, height
 
 
+def check_header(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file whose header reads and whose data is all there, without
+    decoding it: what ``check_image`` finds of a missing, empty, truncated or oversized file at a tenth
+    of its cost (a run checks every input before any work this way; a file corrupt inside is found
+    when it is decoded). An ``ImageError`` otherwise."""
+    path = Path(path)
+    data = _read(path) if path.is_file() else None
+    size = image_size(path, data)
+    if not complete(data):
+        raise ImageError(f"{shown(path)}: not a readable image (truncated or corrupt {FORMATS} file); "
+                         "remove it or name the images one by one")
+    return size
+
+
+def complete(data: bytes) -> bool:
+    """Whether an image file's bytes run to the end its format marks (PNG's IEND chunk, JPEG's EOI
+    marker, GIF's trailer, the length a BMP or WebP header gives); True for formats with no such mark."""
+    if data.startswith(b"\x89PNG"):
+        return b"IEND" in data[-64:]
+    if data.startswith(b"\xff\xd8"):
+        return b"\xff\xd9" in data[-1024:]
+    if data.startswith(b"GIF8"):
+        return data.rstrip(b"\0").endswith(b";")
+    if data.startswith(b"BM") and len(data) >= 6:
+        return len(data) >= int.from_bytes(data[2:6], "little")
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return len(data) >= 8 + int.from_bytes(data[4:8], "little")
+    return True
+
+
 def _decode(path: Path, data: bytes, flags: int) -> np.ndarray:
     try:
         with quiet_native_stderr():
@@ -151,6 +225,11 @@ def load_image(path: str | Path, preprocessing: dict[str, Any] | None = None) ->
     1/2, 1/4 or 1/8 of its size. Refuses images past the pixel limit (``pixel_limit``) before
     decoding them.
     """
+    return read_image(path, preprocessing)[0]
+
+
+def read_image(path: str | Path, preprocessing: dict[str, Any] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """``load_image``, and the file's ``(width, height)`` as its header gives it."""
     path = Path(path)
     if not path.is_file():
         image_size(path)  # the one-line reason
@@ -158,7 +237,20 @@ def load_image(path: str | Path, preprocessing: dict[str, Any] | None = None) ->
     width, height = image_size(path, data)
     factor = reduction(width, height, needed_size(preprocessing, width, height) if preprocessing else None)
     image = _decode(path, data, _REDUCED.get(factor, cv2.IMREAD_COLOR))
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), (width, height)
+
+
+def load_view(path: str | Path, preprocessing: dict[str, Any], size: tuple[int, int] | None = None
+              ) -> tuple[np.ndarray, tuple[int, int]]:
+    """``fit_to_input(load_image(path, preprocessing))`` at less cost, and the file's ``(width, height)``:
+    resized while still BGR (OpenCV's order), so only the model's view changes channel order. size: the
+    ``(width, height)`` a ``check_header`` of this file already read (its header is then not read again)."""
+    path = Path(path)
+    data = _read(path) if path.is_file() else None
+    width, height = size or image_size(path, data)
+    factor = reduction(width, height, needed_size(preprocessing, width, height))
+    image = _decode(path, data, _REDUCED.get(factor, cv2.IMREAD_COLOR))
+    return cv2.cvtColor(fit_to_input(image, preprocessing), cv2.COLOR_BGR2RGB), (width, height)
 
 
 def needed_size(preprocessing: dict[str, Any], width: int, height: int) -> tuple[int, int]:
@@ -218,11 +310,13 @@ def normalisation(preprocessing: dict[str, Any]) -> tuple[np.ndarray, np.ndarray
 def to_tensor(view: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
     """RGB ``uint8 [H, W, 3]`` → normalised ``float32 [C, H, W]`` (channel order, /scale, mean, std)."""
     mean, std, scale, bgr = normalisation(preprocessing)
-    pixels = view.astype(np.float32)
-    if bgr:
-        pixels = pixels[..., ::-1]
-    pixels = pixels / scale
-    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1), dtype=np.float32)
+    pixels = view[..., ::-1] if bgr else view
+    tensor = np.empty((3, *view.shape[:2]), np.float32)
+    for channel, plane in enumerate(tensor):  # in place, plane by plane: the same float32 sums, no temporaries
+        np.divide(pixels[..., channel], np.float32(scale), out=plane)
+        np.subtract(plane, mean[channel], out=plane)
+        np.divide(plane, std[channel], out=plane)
+    return tensor
 
 
 def load_batch(paths: Sequence[str | Path], contract: Contract) -> tuple[np.ndarray, list[np.ndarray]]:

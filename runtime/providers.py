@@ -6,9 +6,18 @@ from pathlib import Path
 from typing import Sequence
 
 import onnx
-import onnxruntime as ort
 
 from onnxcam.runtime.contract import ContractError, first_line, shown
+
+# the wheels that provide the module ``onnxruntime`` (pyproject's extras ``cpu`` and ``gpu`` pick one)
+RUNTIME_WHEELS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino")
+NO_RUNTIME = ("onnxruntime is not installed; pip install 'onnxcam[cpu]', or 'onnxcam[gpu]' for CUDA "
+              "(one of the two: both provide the module onnxruntime)")
+
+try:
+    import onnxruntime as ort
+except ImportError:  # pip install onnxcam without an extra: every session refuses, in one line
+    ort = None
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -26,6 +35,8 @@ def resolve_providers(providers: str | Sequence[str] | None = None) -> list[str]
     ``"cpu"`` or full provider names: exactly those, and an error if one is missing —
     never a silent fallback when CUDA was asked for.
     """
+    if ort is None:
+        raise ProviderError(NO_RUNTIME)
     available = ort.get_available_providers()
     if providers is None or providers == "auto":
         return [CUDA, CPU] if CUDA in available else [CPU]
@@ -34,8 +45,11 @@ def resolve_providers(providers: str | Sequence[str] | None = None) -> list[str]
     wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
     for name in wanted:
         if name not in available:
-            hint = (" Install the GPU build: pip install 'onnxcam[gpu]' (onnxruntime-gpu in place of onnxruntime), "
-                    "or pass --provider cpu." if name == CUDA else "")
+            hint = ""
+            if name == CUDA:
+                hint = runtime_conflict(installed_runtimes()) or (
+                    " Install the GPU build: pip install 'onnxcam[gpu]' (in a fresh environment, or after "
+                    "pip uninstall -y onnxruntime), or pass --provider cpu.")
             raise ProviderError(
                 f"execution provider {name} is not available in this onnxruntime "
                 f"(available: {', '.join(available)}).{hint}"
@@ -43,6 +57,29 @@ def resolve_providers(providers: str | Sequence[str] | None = None) -> list[str]
     if CUDA in wanted and CPU not in wanted:
         wanted.append(CPU)  # for the few ops CUDA lacks; CUDA still runs the graph
     return wanted
+
+
+def installed_runtimes() -> list[str]:
+    """The onnxruntime wheels installed in this environment (``RUNTIME_WHEELS``), by distribution name."""
+    from importlib import metadata
+
+    found = []
+    for name in RUNTIME_WHEELS:
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def runtime_conflict(installed: Sequence[str]) -> str | None:
+    """Why CUDA is missing when several onnxruntime wheels are installed (each overwrote the other's
+    module files, so whichever was installed last decides), with the fix; None for one wheel."""
+    if len(installed) < 2:
+        return None
+    return (f" {' and '.join(installed)} are both installed and overwrite each other's files; "
+            f"pip uninstall -y {' '.join(installed)}, then pip install 'onnxcam[gpu]' (or 'onnxcam[cpu]').")
 
 
 def ort_errors() -> tuple[type[BaseException], ...]:
@@ -79,12 +116,15 @@ def with_options(providers: Sequence[str], **cuda_options: str) -> list:
     return [(CUDA, {"use_tf32": "0", **cuda_options}) if name == CUDA else name for name in providers]
 
 
-def open_session(model: str | Path | bytes, providers: Sequence[str], what: str = "model",
+def open_session(model: str | Path | bytes, providers: Sequence[str], what: str = "model", threads: int | None = None,
                  **cuda_options: str) -> ort.InferenceSession:
     """An ``InferenceSession`` on exactly ``providers`` (``cuda_options``: ``with_options``'); refuses a silent
-    CUDA → CPU fallback. Every session the runtime opens goes through here."""
+    CUDA → CPU fallback. Every session the runtime opens goes through here. threads: onnxruntime's
+    threads per call on the CPU (None: its default, one per core)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
     try:
         session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
                                        sess_options=options, providers=with_options(providers, **cuda_options))

@@ -5,12 +5,14 @@ pass and the model's tails (``subgraph.py``), and fixed-shape runners (``static_
 
 from __future__ import annotations
 
+import threading
+
 import warnings
 from typing import Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+from onnxcam.runtime.providers import ort  # None without an onnxruntime wheel: see providers.py
 from onnxcam.runtime import graph_methods, graphs, subgraph
 from onnxcam.runtime.contract import INPUT, RESOLVED_TARGET, TARGET, Contract, ContractError, Layer, first_line
 from onnxcam.runtime.explanation import Explanation
@@ -23,8 +25,10 @@ class Sessions:
     """Everything cached for one explainer graph on one set of providers."""
 
     def __init__(self, model: onnx.ModelProto, contract: Contract, providers: list[str], what: str,
-                 static_batches: bool | None = None):
+                 static_batches: bool | None = None, threads: int | None = None):
         self.model, self.contract, self.providers, self.what = model, contract, providers, what
+        self.threads = threads
+        self._opening = threading.Lock()  # callers on several threads open each session once
         self.output_names = {o.name for o in model.graph.output}
         promised = {contract.output.name} | {n for l in contract.layers for n in (l.activation, l.gradient)}
         if not contract.seeded:
@@ -43,9 +47,10 @@ class Sessions:
 
     # -- graphs and sessions ---------------------------------------------------------------------
     def _session(self, key: tuple, build) -> ort.InferenceSession:
-        if key not in self._sessions:
-            self._sessions[key] = open_session(build().SerializeToString(), self.providers,
-                                               what=f"{self.what} ({'/'.join(map(str, key))})")
+        with self._opening:
+            if key not in self._sessions:
+                self._sessions[key] = open_session(build().SerializeToString(), self.providers,
+                                                   what=f"{self.what} ({'/'.join(map(str, key))})", threads=self.threads)
         return self._sessions[key]
 
     def target_graph(self, target: Target, feeds: dict[str, np.ndarray]) -> graphs.TargetGraph:

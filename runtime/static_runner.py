@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+from onnxcam.runtime.providers import ort  # None without an onnxruntime wheel: see providers.py
 
 from onnxcam.runtime.providers import CPU, CUDA, open_session
 

@@ -165,7 +165,8 @@ def test_hidden_leftovers_are_not_inputs_and_gif_is_read_in_folders(graph, photo
     out = tmp_path / "out"
     result = run("explain", graph, photos, "--out", out, "--provider", "cpu")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in files_under(out)) == ["chelsea.gradcam.png", "coffee.gradcam.png", "small.gradcam.png"]
+    assert sorted(p.name for p in files_under(out)) == ["chelsea.gradcam.png", "coffee.gradcam.png", "results.jsonl",
+                                                        "run.json", "small.gradcam.png"]
     with Image.open(photos / "small.gif") as decoded:  # GIF decodes (Pillow, an independent decoder, agrees)
         assert np.array_equal(load_image(photos / "small.gif"), np.asarray(decoded.convert("RGB")))
 
@@ -191,7 +192,8 @@ def test_outputs_never_overwrite_each_other(graph, tmp_path):
     written = sorted(p.name for p in out.glob("*.png"))
     assert len(written) == 5 and len(list(out.glob("*.npy"))) == 5, written
     assert "c_x.png.gradcam.png" in written
-    assert result.stderr.strip().endswith(f"wrote 5 image(s) to {out}/")
+    assert re.fullmatch(rf"explained 5 image\(s\) in .*; results in {re.escape(str(out))}/results.jsonl",
+                        result.stderr.strip())
     # each output is its own image's map: the maps of the three distinct pictures differ
     explainer = Explainer(graph, providers="cpu")
     images = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "c" / "x.jpg", tmp_path / "c" / "x_png.png"]
@@ -381,43 +383,55 @@ def test_native_decoders_print_nothing_and_non_utf8_names_work(graph, photos, tm
     assert not out.exists()
 
 
-def test_interrupt_exits_130_and_keeps_no_output(graph, tmp_path):
+def test_interrupt_exits_130_keeps_what_is_done_and_the_same_command_finishes(graph, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
     data = skimage_photo("chelsea.png").read_bytes()
     for index in range(400):
         (folder / f"p{index:03d}.png").write_bytes(data)
     out = tmp_path / "out"
-    process = subprocess.Popen([*ONNXCAM, "explain", str(graph), str(folder), "--out", str(out), "--batch-size", "1",
-                                "-m", "scorecam", "--provider", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    command = [*ONNXCAM, "explain", str(graph), str(folder), "--out", str(out), "--batch-size", "1", "-m", "scorecam",
+               "--provider", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                # as from a terminal: a shell's background job (CI's, say) starts with SIGINT
                                # ignored, and a child that inherits that rightly never sees the signal
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    process.stdout.readline()  # the first image is explained and staged
-    staged = [p for p in out.rglob("*.png")] if out.exists() else []
+    process.stdout.readline()  # the first image is explained and in place
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    assert stderr.decode().strip().splitlines()[-1] == "Error: interrupted; no output of this run was kept"
-    assert staged, "the run was interrupted before it staged a file; the test proves nothing"
-    assert files_under(out) == []
+    assert stderr.decode().strip().splitlines()[-1] == (f"Error: interrupted; the images finished are kept in {out}/; "
+                                                        "run the same command again to finish")
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert 1 <= len(rows) < 400
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(row["overlay"] for row in rows)
+    assert not [p for p in files_under(out) if p.name.startswith(".")]  # no temporary, no lock left
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert f"{len(rows)} done by an earlier run" in finished.stderr
+    assert len(list(out.glob("*.png"))) == 400 == len((out / "results.jsonl").read_text().splitlines())
 
 
 def test_concurrent_runs_into_one_folder(graph, photos, tmp_path):
-    """Two runs at once into one folder: both succeed and every file is whole (each run's files are
-    staged under a unique hidden name, then renamed into place)."""
+    """Runs started at once into one folder: one holds the folder's lock, the others refuse in one line
+    (or, started after it ended, find everything done); every file whole, every row once."""
     out = tmp_path / "out"
     for index in range(6):
         (photos / f"extra{index}.png").write_bytes(skimage_photo("astronaut.png").read_bytes())
     command = [*ONNXCAM, "explain", str(graph), str(photos), "--out", str(out), "--batch-size", "1", "--provider", "cpu"]
     runs = [subprocess.Popen(command + ["-m", "gradcam", "-m", "gradcam++"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE) for _ in range(3)]
+                             stderr=subprocess.PIPE, text=True) for _ in range(3)]
     results = [run_.communicate(timeout=300) + (run_.returncode,) for run_ in runs]
-    assert all(code == 0 for _, _, code in results), [e for _, e, _ in results]
-    written = sorted(p.name for p in out.iterdir())
+    assert any(code == 0 for _, _, code in results)
+    for _, stderr, code in results:
+        assert code == 0 or re.fullmatch(rf"Error: {re.escape(str(out))}: another onnxcam run \(process \d+\) is writing "
+                                         r"into this folder; wait for it to finish, or choose another --out", stderr.strip()), stderr
+    written = sorted(p.name for p in out.glob("*.png"))
     assert len(written) == 16 and not [p for p in files_under(out) if p.name.startswith(".")], written
-    for path in out.iterdir():
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(row["overlay"] for row in rows) == written
+    for path in out.glob("*.png"):
         assert load_image(path).shape == (48, 48, 3)
 
 
@@ -451,37 +465,52 @@ def disk_full_after(monkeypatch):
     return after
 
 
-def assert_write_failed(result, name: str) -> None:
+def assert_write_failed(result, name: str, kept: str = "nothing of this run was kept") -> None:
     """Exit 1, no traceback, and the last stderr line the only ``Error:`` line, naming the file as it was meant
     to be called (progress lines printed before the failure may precede it)."""
     assert result.exit_code == 1, (result.exit_code, result.output)
     assert "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
     assert [line for line in lines if line.startswith("Error:")] == lines[-1:], result.stderr
-    assert re.fullmatch(rf"Error: \S*{re.escape(name)}: writing failed \(No space left on device\); nothing of this "
-                        r"run was kept; check the free disk space and the folder's permissions", lines[-1]), lines[-1]
+    assert re.fullmatch(rf"Error: \S*{re.escape(name)}: writing failed \(No space left on device\); {kept}; check the "
+                        r"free disk space and the folder's permissions.*", lines[-1]), lines[-1]
 
 
-def test_a_write_that_fails_midway_leaves_no_output(graph, photos, tmp_path, disk_full_after):
-    """Files are whole or absent: the third of four overlays fails halfway (a full disk), and the run keeps
-    nothing of its own, nor a partial file; what was in the folder before is untouched."""
+EXPLAIN_KEPT = "the images finished before it are kept"
+
+
+def test_a_write_that_fails_midway_keeps_whole_files_and_the_run_finishes_later(graph, photos, tmp_path,
+                                                                                 disk_full_after):
+    """Files are whole or absent: the third of four overlays fails halfway (a full disk). The run keeps the
+    image it finished (its files and its rows), not the other's, no partial file; what was in the folder
+    before is untouched;
+    the same command, once there is space, finishes the run."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "earlier.png").write_bytes(b"from an earlier run")
     written = disk_full_after(2)
-    result = run("explain", graph, photos, "-m", "gradcam", "-m", "gradcam++", "--out", out)
-    assert_write_failed(result, "out/coffee.gradcam.png")  # chelsea's two, then coffee's first
+    one_writer = ("--batch-size", "1", "--workers", "1")  # files written in input order
+    result = run("explain", graph, photos, "-m", "gradcam", "-m", "gradcam++", "--out", out, *one_writer)
+    assert_write_failed(result, "out/coffee.gradcam.png", EXPLAIN_KEPT)  # chelsea's two, then coffee's first
     assert len(written) == 3
-    assert files_under(out) == [out / "earlier.png"] and (out / "earlier.png").read_bytes() == b"from an earlier run"
+    assert sorted(p.name for p in files_under(out)) == ["chelsea.gradcam.png", "chelsea.gradcampp.png", "earlier.png",
+                                                        "results.jsonl", "run.json"]
+    assert (out / "earlier.png").read_bytes() == b"from an earlier run"
+    assert [(row["name"], row["method"]) for row in map(json.loads, (out / "results.jsonl").read_text().splitlines())] \
+        == [("chelsea", "gradcam"), ("chelsea", "gradcam++")]
+    disk_full_after(float("inf"))
+    finished = run("explain", graph, photos, "-m", "gradcam", "-m", "gradcam++", "--out", out, *one_writer)
+    assert finished.exit_code == 0 and "1 done by an earlier run" in finished.stderr
+    assert len(list(out.glob("*.gradcam*.png"))) == 4
     disk_full_after(0)
     fresh = tmp_path / "fresh"
-    assert_write_failed(run("explain", graph, photos, "--out", fresh), "fresh/chelsea.gradcam.png")
-    assert not fresh.exists()  # the folder this run made is gone again
+    assert_write_failed(run("explain", graph, photos, "--out", fresh), "fresh/chelsea.gradcam.png", EXPLAIN_KEPT)
+    assert not fresh.exists()  # nothing was finished: the folder this run made is gone again
     assert_write_failed(run("features", graph, photos / "chelsea.png", "-o", tmp_path / "f.png"), "/f.png")
     assert_write_failed(run("evaluate", graph, photos, "--metric", "avg-drop", "--csv", tmp_path / "e.csv"),
                         "/e.csv")
     disk_full_after(1)  # the maps (.npy) too
-    result = run("explain", graph, photos / "chelsea.png", "--save-maps", "--out", out)
-    assert_write_failed(result, "out/chelsea.gradcam.npy")
-    assert files_under(out) == [out / "earlier.png"]
+    result = run("explain", graph, photos / "chelsea.png", "--save-maps", "--out", tmp_path / "maps")
+    assert_write_failed(result, "maps/chelsea.gradcam.npy", EXPLAIN_KEPT)
+    assert not (tmp_path / "maps").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "photos"]

@@ -58,8 +58,8 @@ def test_explain_writes_overlays_and_maps(tiny, photos, tmp_path):
     result = run("explain", tiny, photos, "-m", "gradcam", "-m", "gradcam++", "--out", out, "--save-maps",
                  "--provider", "cpu", "--alpha", "0.4")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{stem}.{m}.{ext}" for stem in ("chelsea", "coffee") for m in ("gradcam", "gradcampp") for ext in ("png", "npy"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(["results.jsonl", "run.json"] + [
+        f"{stem}.{m}.{ext}" for stem in ("chelsea", "coffee") for m in ("gradcam", "gradcampp") for ext in ("png", "npy")])
     assert "chelsea.png: top " in result.output and "coffee.png: top " in result.output
     explainer = Explainer(tiny, providers="cpu")  # the CLI ran on the CPU too: same provider, same numbers
     batch, views = load_batch([photos / "chelsea.png"], explainer.contract)
@@ -162,8 +162,8 @@ def test_numpy_methods_and_eigen_smooth_from_the_cli(tiny, photos, tmp_path):
     result = run("explain", tiny, photos / "chelsea.png", "-m", "layercam", "-m", "EigenCAM", "--eigen-smooth",
                  "--save-maps", "--out", out, "--provider", "cpu")
     assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} == {"chelsea.layercam.png", "chelsea.layercam.npy",
-                                              "chelsea.eigencam.png", "chelsea.eigencam.npy"}
+    assert {p.name for p in out.iterdir()} == {"chelsea.layercam.png", "chelsea.layercam.npy", "chelsea.eigencam.png",
+                                              "chelsea.eigencam.npy", "results.jsonl", "run.json"}
     explainer = Explainer(tiny, providers="cpu")
     batch, _ = load_batch([photos / "chelsea.png"], explainer.contract)
     expected = explainer.explain(batch, method="layercam", eigen_smooth=True).maps[0]
@@ -215,7 +215,7 @@ def test_cam_without_a_head_from_the_cli(tiny_two_layers, photos, tmp_path):
     result = run("explain", tiny_two_layers, photos, "-m", "cam", "--layer", "features", "--out", out,
                  "--provider", "cpu")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["chelsea.cam.png", "coffee.cam.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["chelsea.cam.png", "coffee.cam.png"]
 
 
 def test_unknown_layer_from_the_cli(tiny, photos, tmp_path):
@@ -236,7 +236,7 @@ def test_a_listed_cuda_provider_that_does_not_start_is_refused(tiny, photos, tmp
     assert cuda_listed_but_broken and cuda_listed_but_broken[0][0] == CUDA  # asked for CUDA, got the CPU
     result = run("explain", tiny, photos, "-m", "eigencam", "-m", "gradcam", "--provider", "cpu", "--out", out)
     assert result.exit_code == 0, result.output
-    assert len(list(out.iterdir())) == 4
+    assert len(list(out.glob("*.png"))) == 4
 
 
 def test_a_listed_cuda_provider_that_does_not_start_is_refused_by_fixed_shape_runners(tiny, photos, tmp_path,
@@ -257,7 +257,7 @@ def test_an_unlisted_cuda_provider_is_refused_and_auto_runs_on_the_cpu(tiny, pho
     assert not (tmp_path / "cuda").exists()
     result = run("explain", tiny, photos, "--provider", "auto", "--out", tmp_path / "auto")
     assert result.exit_code == 0, result.output
-    assert len(list((tmp_path / "auto").iterdir())) == 2
+    assert len(list((tmp_path / "auto").glob("*.png"))) == 2
 
 
 def test_outputs_get_the_usual_file_mode(tiny, photos, tmp_path):

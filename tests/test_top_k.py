@@ -65,7 +65,7 @@ def test_cli_top_k_writes_one_captioned_overlay_per_class(tmp_path):
     out = tmp_path / "out"
     result = run("explain", model, skimage_photo("coffee.png"), "--top-k", "3", "-m", "gradcam", "--out", out)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == [f"coffee.gradcam.top{k}.png" for k in (1, 2, 3)]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"coffee.gradcam.top{k}.png" for k in (1, 2, 3)]
     assert result.output.count(" p=") == 4  # the top class, and the three explained
     first, second = load_image(out / "coffee.gradcam.top1.png"), load_image(out / "coffee.gradcam.top2.png")
     assert not np.array_equal(first, second)

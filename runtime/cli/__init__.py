@@ -12,19 +12,20 @@ from __future__ import annotations
 import click
 
 from onnxcam.runtime.cli import augment, bench, evaluate, explain, export, features, info
-from onnxcam.runtime.cli import attention, bake, detect
+from onnxcam.runtime.cli import attention, bake, detect, report
 from onnxcam.runtime.contract import ContractError, InputError, first_line, shown
 from onnxcam.runtime.image import ImageError
 from onnxcam.runtime.providers import ProviderError
 
 USER_ERRORS = (ContractError, InputError, ImageError, ProviderError, FileNotFoundError, ValueError)
-COMMANDS = (export, augment, explain, detect, evaluate, features, attention, bake, info, bench)
+COMMANDS = (export, augment, explain, detect, evaluate, features, attention, bake, info, bench, report)
 DEBUG_VARIABLE = "ONNXCAM_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
 
 class OnnxcamGroup(click.Group):
     """Turns every error into one ``Error:`` line: exit 1 (what was wrong; what to do); an
-    interrupt exits 130. Files of the run are already removed by then (``files.py``)."""
+    interrupt exits 130. Files of the run are already removed by then (``runtime/files.py``), but for
+    ``explain``'s finished images, which a run folder keeps (docs/runs.md)."""
 
     def invoke(self, ctx):
         import os
@@ -64,7 +65,12 @@ def main() -> None:
     3. See what a graph holds:             onnxcam info resnet50.onnx
     4. Maps from any onnxruntime, no onnxcam: onnxcam bake resnet50.onnx -m gradcam -o baked.onnx
     """
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError:  # installed without the cpu or gpu extra
+        from onnxcam.runtime.providers import NO_RUNTIME
+
+        raise click.ClickException(NO_RUNTIME) from None
 
     # onnxruntime's CUDA provider logs, as errors, every cuDNN engine it tries and drops while
     # choosing convolution algorithms in exact float32; failures that matter raise instead

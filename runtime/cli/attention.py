@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from onnxcam.runtime.cli.common import provider_option, read_labels
-from onnxcam.runtime.cli.files import staged
+from onnxcam.runtime.files import staged
 from onnxcam.runtime.contract import InputError, shown
 
 HEAD_HELP = "A head index 0..heads-1, or the heads' element-wise mean, max or min."

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from onnxcam.runtime.cli.common import read_labels
-from onnxcam.runtime.cli.files import check_writable
+from onnxcam.runtime.files import check_writable
 
 
 @click.command("augment")

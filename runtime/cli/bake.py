@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from onnxcam.runtime.cli.common import target_help
-from onnxcam.runtime.cli.files import check_writable, write_atomically
+from onnxcam.runtime.files import check_writable, write_atomically
 from onnxcam.runtime.image import COLORMAPS
 
 

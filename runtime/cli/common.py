@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from onnxcam.runtime.cli.files import write_atomically
+from onnxcam.runtime.files import write_atomically
 from onnxcam.runtime.image import ImageError
 from onnxcam.runtime.methods import METHODS, get_method
 from onnxcam.runtime.targets import KINDS
@@ -60,34 +60,6 @@ def image_paths(images: tuple[Path, ...]) -> list[Path]:
     return paths
 
 
-def output_stems(paths: list[Path]) -> list[str]:
-    """A distinct output name per image (case-insensitively): the file stem; where stems collide,
-    the file name (``x.png``, ``x.jpg``); where those collide in different folders, the folders
-    that tell them apart (``a_x.png``, ``b_x.png``); as a last resort a counter (``x.png-2``)."""
-    def clashes(names: list[str]) -> list[list[int]]:
-        groups: dict[str, list[int]] = {}
-        for index, name in enumerate(names):
-            groups.setdefault(name.casefold(), []).append(index)
-        return [group for group in groups.values() if len(group) > 1]
-
-    names = [p.stem for p in paths]
-    for group in clashes(names):
-        for i in group:
-            names[i] = paths[i].name
-    folders = [p.resolve().parent.parts[1:] for p in paths]
-    for group in clashes(names):
-        for depth in range(1, 1 + max(len(folders[i]) for i in group)):
-            prefixes = [folders[i][-depth:] for i in group]
-            if len(set(prefixes)) == len(group):
-                for i, prefix in zip(group, prefixes):
-                    names[i] = "_".join((*prefix, names[i]))
-                break
-    for group in clashes(names):
-        for count, i in enumerate(group[1:], start=2):
-            names[i] = f"{names[i]}-{count}"
-    return names
-
-
 def safe(method_name: str) -> str:
     return method_name.replace("+", "p")
 
@@ -104,7 +76,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
-    """``array`` as float32 ``.npy`` at ``path`` (a staged file: see ``files.py``)."""
+    """``array`` as float32 ``.npy`` at ``path`` (a staged file: see ``runtime/files.py``)."""
     with open(path, "wb") as handle:
         np.save(handle, np.asarray(array, dtype=np.float32))
 

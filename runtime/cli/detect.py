@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from onnxcam.runtime.cli.common import canonical_methods, image_paths, output_stems, provider_option, safe, save_npy
-from onnxcam.runtime.cli.files import staged
+from onnxcam.runtime.cli.common import canonical_methods, image_paths, provider_option, safe, save_npy
+from onnxcam.runtime.files import staged
+from onnxcam.runtime.run.inputs import output_stems
 from onnxcam.runtime.contract import shown
 from onnxcam.runtime.image import COLORMAPS
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from onnxcam.runtime.cli.common import canonical_methods, embedder, image_paths, provider_option, write_text
-from onnxcam.runtime.cli.files import check_writable
+from onnxcam.runtime.files import check_writable
 
 
 @click.command("evaluate")

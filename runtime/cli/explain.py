@@ -1,23 +1,33 @@
-"""``onnxcam explain``: overlays of every method's map for every image, any target kind."""
+"""``onnxcam explain``: overlays of every method's map for every image, any target kind, into a run
+folder (docs/runs.md): pipelined, resumable, with a results table and, on request, a report or a
+Ray cluster."""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import click
 
-from onnxcam.runtime.cli.common import (canonical_methods, embedder, image_paths, method_help, output_stems,
-                                        provider_option, safe, save_npy, target_help)
-from onnxcam.runtime.cli.files import staged
+from onnxcam.runtime.cli.common import canonical_methods, method_help, provider_option, target_help
 from onnxcam.runtime.contract import shown
 
 COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "hot")
+ENGINES = ("local", "ray")
 
 
 @click.command("explain")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--files-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A text file naming one image a line (relative to the file).")
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A CSV or JSONL manifest: a 'path' column (relative to it) and optionally a 'target' column "
+                   "(a class id or label per image; empty: the run's target).")
+@click.option("--skip-bad", is_flag=True, help="Report unreadable images once each and leave them out (the final "
+                                                "line counts them), instead of refusing the run.")
 @click.option("-m", "--method", "methods_", multiple=True, default=("gradcam",), show_default=True,
               help=method_help("Method (repeat for several)"))
 @click.option("--eigen-smooth", is_flag=True,
@@ -30,13 +40,26 @@ COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "hot")
                    "one session call; one overlay per class, captioned with its name and score.")
 @click.option("--layer", "layers", multiple=True, help="Explained layer(s) to use. Default: all in the graph.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("onnxcam-out"),
-              show_default=True, help="Folder for the overlays (created if missing).")
+              show_default=True, help="The run folder: overlays, results.jsonl, run.json (created if missing). "
+                                      "Running the same command again finishes an interrupted run.")
+@click.option("--force", is_flag=True, help="Start the run folder over: remove an earlier run's table and outputs.")
 @click.option("--save-maps", is_flag=True, help="Also save each map as float32 .npy [H, W] in [0, 1].")
+@click.option("--format", "image_format", type=click.Choice(["png", "jpg", "webp"]), default="png", show_default=True,
+              help="Overlay file format (jpg and webp: smaller and faster to write; quality 90).")
+@click.option("--report", "write_report", is_flag=True, help="Write OUT/report.html when the run ends "
+                                                             "(or later: onnxcam report OUT).")
 @provider_option()
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images per session call.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Threads decoding, and threads writing (default: the cores, 2 to 8).")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+              help="local: this machine, pipelined; ray: actors of a Ray cluster (pip install 'onnxcam[ray]').")
+@click.option("--address", default=None, help="--engine ray: the cluster to join (ray.init's address; default: "
+                                              "RAY_ADDRESS, else a local cluster).")
 @click.option("--colormap", type=click.Choice(COLORMAPS), default="jet", show_default=True)
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heatmap opacity.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no per-image lines; errors only.")
 @click.option("--head-fusion", type=click.Choice(["mean", "max", "min"]), default=None,
               help="attention-rollout: how heads are fused (default mean).")
 @click.option("--discard-ratio", type=click.FloatRange(0, 1, max_open=True), default=None,
@@ -44,22 +67,30 @@ COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "hot")
 @click.option("--rollout-query", "query", type=click.Choice(["cls", "output"]), default=None,
               help="gradient-rollout: read the class token's row (cls, default) or the rows of the tokens the "
                    "score reads (output: for heads that read patches).")
-def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], eigen_smooth: bool, aug_smooth: bool,
-            target_text: str | None, top_k: int | None, layers: tuple[str, ...], out_dir: Path, save_maps: bool,
-            provider: str, batch_size: int, colormap: str, alpha: float, head_fusion: str | None,
+def command(model: Path, images: tuple[Path, ...], files_from: Path | None, manifest: Path | None, skip_bad: bool,
+            methods_: tuple[str, ...], eigen_smooth: bool, aug_smooth: bool, target_text: str | None,
+            top_k: int | None, layers: tuple[str, ...], out_dir: Path, force: bool, save_maps: bool,
+            image_format: str, write_report: bool, provider: str, batch_size: int, workers: int | None, engine: str,
+            address: str | None, colormap: str, alpha: float, quiet: bool, head_fusion: str | None,
             discard_ratio: float | None, query: str | None) -> None:
-    """Explain IMAGES (files or folders) with the explainer graph MODEL.
+    """Explain IMAGES (files, folders searched recursively, or quoted glob patterns) with the
+    explainer graph MODEL, into the run folder OUT.
 
     Writes OUT/<image>.<method>.png, an overlay of the map on the image as the model
-    saw it (resized and cropped), and prints what was explained with its score. With
-    --top-k K: OUT/<image>.<method>.top<k>.png, each captioned with the class and score.
+    saw it (resized and cropped), a row per (image, method, target) in OUT/results.jsonl,
+    and prints what was explained with its score. With --top-k K:
+    OUT/<image>.<method>.top<k>.png, each captioned with the class and score.
     Segmentation overlays show the mask's outline; similarity overlays the reference
     image. Guided backprop and guided Grad-CAM write the attribution itself as an image
-    (pytorch-grad-cam's rendering).
+    (pytorch-grad-cam's rendering). Decoding, explaining and writing overlap; a run that
+    was killed is finished by running the same command again.
 
     \b
     Examples:
       onnxcam explain resnet50.onnx cat.jpg photos/ -m gradcam -m gradcam++ --out maps/
+      onnxcam explain resnet50.onnx 'photos/**/*.jpg' --skip-bad --report --out maps/
+      onnxcam explain resnet50.onnx --manifest images.csv --format jpg --out maps/
+      onnxcam explain resnet50.onnx photos/ --engine ray --address auto --out /shared/maps/
       onnxcam explain resnet50.onnx cat.jpg --top-k 3 -m gradcam++
       onnxcam explain resnet50.onnx cat.jpg -t softmax:tabby
       onnxcam explain fcn.onnx street.jpg -t segmentation:person         (own mask: argmax == person)
@@ -68,14 +99,16 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
       onnxcam explain detector.onnx page.png -t output:0,10:40,20:200    (a region of a map output)
       onnxcam explain vit.onnx cat.jpg -m gradient-rollout -m attention-rollout --head-fusion max
     """
-    from onnxcam.runtime import targets as kinds
     from onnxcam.runtime.explainer import Explainer
-    from onnxcam.runtime.image import attribution_image, caption, load_batch, overlay, save_image
     from onnxcam.runtime.methods import get_method
+    from onnxcam.runtime.providers import CUDA, resolve_providers
+    from onnxcam.runtime.run.engine import check_targets, prepare
+    from onnxcam.runtime.run.inputs import collect, output_stems
 
+    started = time.perf_counter()
+    if not (images or files_from or manifest):
+        raise click.UsageError("name images: files, folders or globs, --files-from LIST or --manifest FILE")
     methods_ = canonical_methods(methods_)
-    # guided backprop and guided Grad-CAM are shown as the attribution itself; saliency as a heatmap
-    attribution_images = {name: get_method(name).input_gradient == "guided" for name in methods_}
     given = {k: v for k, v in {"head_fusion": head_fusion, "discard_ratio": discard_ratio, "query": query}.items()
              if v is not None}
     options = {name: {k: v for k, v in given.items() if k in get_method(name).options} for name in methods_}
@@ -84,69 +117,108 @@ def command(model: Path, images: tuple[Path, ...], methods_: tuple[str, ...], ei
         flag = {"head_fusion": "--head-fusion", "discard_ratio": "--discard-ratio", "query": "--rollout-query"}
         raise click.UsageError(f"{flag[unused[0]]} applies to none of the chosen methods; "
                                f"{'it is for attention-rollout' if unused[0] != 'query' else 'it is for gradient-rollout'}")
-    explainer = Explainer(model, providers=provider)
-    contract = explainer.contract
-    target = kinds.parse(target_text, contract, embed=embedder(explainer))
-    target = explainer.target(target, top_k)  # checked against the output before any image is read
-    paths = image_paths(images)
-    chosen_layers = list(layers) or None
-    stems = output_stems(paths)
-    per_image = top_k or 1
-    class_scores = target.name in ("class", "softmax") and contract.output.classes is not None
+    if engine == "ray":
+        from onnxcam.runtime.run import ray_engine
 
-    with staged(out_dir) as out, click.progressbar(length=len(paths), label="explaining", file=sys.stderr,
-                                                   hidden=len(paths) <= batch_size) as bar:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            batch, views = load_batch(chunk, contract)
-            results = {m: explainer.explain(batch, method=m, targets=target, layers=chosen_layers, top_k=top_k,
-                                            eigen_smooth=eigen_smooth, aug_smooth=aug_smooth, options=options[m])
-                       for m in methods_}
-            first = next(iter(results.values()))
-            feeds = target.feeds(contract, len(chunk))
-            resolved = None if first.targets is None else first.targets.reshape(len(chunk), -1)
-            scores = {m: (r.scores if class_scores else r.target_scores).reshape(len(chunk), -1)
-                      for m, r in results.items()}
-            for i, path in enumerate(chunk):
-                stem = stems[start + i]
-                for method_name, result in results.items():
-                    maps = result.maps.reshape(len(chunk), per_image, *result.maps.shape[-2:])
-                    for rank in range(per_image):
-                        row = i * per_image + rank
-                        file_name = f"{stem}.{safe(method_name)}" + (f".top{rank + 1}" if top_k else "")
-                        if attribution_images[method_name]:
-                            attribution = result.attributions.reshape(len(chunk), per_image,
-                                                                      *result.attributions.shape[-3:])[i, rank]
-                            picture = attribution_image(attribution, contract.preprocessing.get("channel_order", "RGB"))
-                        else:
-                            picture = overlay(views[i], maps[i, rank], colormap, alpha)
-                            picture = target.decorate(picture, row, feeds, resolved, first.logits[i])
-                        if top_k:
-                            picture = caption(picture, f"{target.describe(contract, row, resolved)} "
-                                                       f"{_score_text(class_scores, scores[method_name][i, rank])}")
-                        out.write(f"{file_name}.png", lambda target, picture=picture: save_image(target, picture))
-                        if save_maps:
-                            out.write(f"{file_name}.npy", lambda target, m=maps[i, rank]: save_npy(target, m))
-                click.echo(_summary(path, contract, target, first, i, per_image, resolved, scores[first.method][i],
-                                    class_scores))
-            bar.update(len(chunk))
-    click.echo(f"wrote {len(paths) * len(methods_) * per_image} image(s) to {shown(out_dir)}/", err=True)
+        ray_engine.require_ray()
+    # on the CPU, one batch a core, each session call on one thread (runtime/run/pipeline.py); a GPU takes one
+    on_cpu = CUDA not in resolve_providers(provider)
+    explainer = Explainer(model, providers=provider, threads=1 if on_cpu else None)
+    computers = (os.cpu_count() or 1) if on_cpu else 1
+    prepared = prepare(explainer, model, methods_, target_text, top_k, layers, eigen_smooth, aug_smooth, options,
+                       image_format, save_maps, colormap, alpha)  # target and layers checked before any image is read
+    job, explaining, settings = prepared.job, prepared.explaining, prepared.settings
+    items = collect(images, files_from, manifest)
+    check_targets(job.target, job.contract, items, top_k)
+    items, bad = checked(items, skip_bad)
+    names = output_stems([item.path for item in items])
+    if engine == "ray":
+        outcome = ray_engine.run_cli(model, provider, job, explaining, settings, out_dir, list(zip(items, names)),
+                                     batch_size=batch_size, force=force, quiet=quiet, address=address,
+                                     skip_bad=skip_bad)
+    else:
+        outcome = _run_here(explainer, job, explaining, settings, out_dir, list(zip(items, names)), batch_size,
+                            workers, computers, skip_bad, force, quiet)
+    outcome.skipped += bad
+    report = None
+    if write_report:
+        from onnxcam.runtime.run.report import write_report as write_page
+
+        report = write_page(out_dir)
+    if not quiet:
+        click.echo(final_line(outcome, out_dir, report, time.perf_counter() - started), err=True)
 
 
-def _score_text(class_scores: bool, value: float) -> str:
-    return f"p={value:.3f}" if class_scores else f"score={value:.4g}"
+def checked(items, skip_bad: bool):
+    """The items whose files are whole images within the pixel limit (``check_header``: no decoding),
+    checked in threads before any work; the first bad one refused by name, or with ``skip_bad`` each
+    reported once and left out. A file corrupt inside stops the run when it is decoded (or is skipped)."""
+    import dataclasses
+    from concurrent.futures import ThreadPoolExecutor
+
+    from onnxcam.runtime.image import ImageError, check_header
+    from onnxcam.runtime.run.pipeline import default_workers
+
+    def check(item):
+        try:
+            return dataclasses.replace(item, size=check_header(item.path))
+        except ImageError as error:
+            return error
+
+    with ThreadPoolExecutor(default_workers()) as pool:
+        results = list(pool.map(check, items))
+    kept = [result for result in results if not isinstance(result, ImageError)]
+    bad = [result for result in results if isinstance(result, ImageError)]
+    if bad and not skip_bad:
+        raise bad[0]
+    for error in bad:
+        click.echo(f"skipped: {error}", err=True)
+    if not kept:
+        raise click.ClickException("no readable image left; check the inputs")
+    return kept, len(bad)
 
 
-def _summary(path, contract, target, first, i, per_image, resolved, scores, class_scores) -> str:
-    """One line per image: the top class (class scores), and what was explained with its score."""
-    explained = ", ".join(f"{target.describe(contract, i * per_image + k, resolved)!r} "
-                          f"{_score_text(class_scores, scores[k])}" for k in range(per_image))
-    if class_scores:
-        top = int(first.logits[i].argmax())
-        line = f"{shown(path)}: top {top} {contract.label(top)!r} p={first.probabilities[i, top]:.3f}"
-        if per_image == 1:
-            if int(resolved[i, 0]) == top:
-                return line
-            explained = f"{int(resolved[i, 0])} {explained}"
-        return f"{line}; explained {explained}"
-    return f"{shown(path)}: explained {explained}"
+def _run_here(explainer, job, explaining, settings, out_dir, todo, batch_size, workers, computers, skip_bad, force,
+              quiet):
+    """The local engine: pipelined into the locked run folder, with one progress bar."""
+    from onnxcam.runtime.image import quiet_native_stderr
+    from onnxcam.runtime.run.engine import run_local
+    from onnxcam.runtime.run.folder import open_run
+
+    folder = open_run(out_dir, settings, job.rows_per_image, force)
+    left = [(item, name) for item, name in todo if (str(item.path), name) not in folder.done]
+    failed = True
+    begun = time.perf_counter()
+    try:
+        with quiet_native_stderr(), click.progressbar(length=len(left), label="explaining", file=sys.stderr, show_eta=True,
+                               hidden=quiet or len(left) <= batch_size,
+                               item_show_func=lambda rate: rate) as bar:
+            def on_batch(images: int) -> None:
+                bar.update(images, f"{bar.pos + images:.0f}/{len(left)} {(bar.pos + images) / max(time.perf_counter() - begun, 1e-9):.1f} images/s")
+
+            outcome = run_local(explainer, job, explaining, folder, left, batch_size, workers, computers, skip_bad,
+                                on_image=(lambda line: None) if quiet else click.echo, on_batch=on_batch,
+                                on_skip=lambda item, reason: click.echo(f"skipped: {reason}", err=True))
+        failed = False
+    except KeyboardInterrupt:
+        click.echo(f"Error: interrupted; the images finished are kept in {shown(out_dir)}/; run the same command "
+                   "again to finish", err=True)
+        raise click.exceptions.Exit(130) from None
+    finally:
+        folder.close(failed=failed)
+    outcome.done_before = len(todo) - len(left)
+    return outcome
+
+
+def final_line(outcome, out_dir: Path, report: Path | None, seconds: float) -> str:
+    """How many images, how long, where the results are."""
+    rate = outcome.explained / outcome.seconds if outcome.seconds else 0.0
+    parts = [f"explained {outcome.explained} image(s) in {seconds:.1f} s ({rate:.1f} images/s)"]
+    if outcome.done_before:
+        parts.append(f"{outcome.done_before} done by an earlier run")
+    if outcome.skipped:
+        parts.append(f"{outcome.skipped} skipped (unreadable)")
+    where = f"results in {shown(out_dir)}/results.jsonl"
+    if report is not None:
+        where += f", report {shown(report)}"
+    return "; ".join(parts) + f"; {where}"

@@ -1,4 +1,5 @@
-"""Output files, whole or not at all (README "Errors").
+"""Output files, whole or not at all (README "Errors"). ``explain``'s run folder, which keeps what a run
+finished, builds on these: ``runtime/run/folder.py``.
 
 A command's files are written into a hidden staging folder (``.onnxcam-<random>``) beside
 their destination and moved into place only when the whole run has succeeded; on an error
@@ -35,12 +36,21 @@ def write_failed(path: Path, error: OSError) -> OutputError:
                        "check the free disk space and the folder's permissions")
 
 
+def _umask() -> int:
+    """The process's umask, read once at import (setting it to read it back is not safe once threads write
+    files: a file created in between would get mode 0666)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
 def usual_permissions(path: Path) -> None:
     """Give ``path`` (a ``mkstemp`` temporary: mode 0600) the mode a plain ``open`` gives a new file, 0666
     less the umask, before it is renamed into place: outputs are readable as the user's other files are."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    os.chmod(path, 0o666 & ~UMASK)
 
 
 def make_folder(folder: Path) -> list[Path]:
