@@ -455,6 +455,6 @@ def test_explain_writes_overlays_for_an_augmented_file(open_nsfw_cli, tmp_path):
                                        "-m", "gradcam", "-m", "cam", "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "coffee.png: top 0 'sfw'" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["coffee.cam.png", "coffee.gradcam.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["coffee.cam.png", "coffee.gradcam.png"]
     overlay = cv2.imread(str(out / "coffee.gradcam.png"))
     assert overlay.shape == (224, 224, 3) and overlay.std() > 10

@@ -107,7 +107,7 @@ def test_cli_explains_a_region(detector, text_image, tmp_path):
                                   f"output:{region(WORDS['onnxcam'][1])}", "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "words.png: explained 'output[0,10:50,5:150]' score=" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["words.layercam.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["words.layercam.png"]
     refused = runner.invoke(main, ["explain", str(augmented), str(text_image), "-t", "class:3", "--out",
                                    str(tmp_path / "no")], catch_exceptions=False)
     assert refused.exit_code == 1 and "'class' needs a [N, classes] output" in refused.stderr

@@ -125,6 +125,34 @@ def test_skip_bad_reports_each_once_and_counts_them(graph, tmp_path):
     assert sorted(row["name"] for row in rows_of(out)) == ["chelsea", "coffee"]
 
 
+def corrupt_inside(photo: str) -> bytes:
+    """A PNG whose header and end are whole but whose image data is not: found only by decoding it."""
+    data = bytearray(skimage_photo(photo).read_bytes())
+    start = data.index(b"IDAT") + 64
+    data[start:start + 256] = bytes(256)
+    return bytes(data)
+
+
+def test_an_image_corrupt_inside_stops_the_run_or_is_skipped(graph, tmp_path):
+    photos = many_photos(tmp_path / "photos", 4)
+    (photos / "p002-astronaut.png").write_bytes(corrupt_inside("astronaut.png"))
+    out = tmp_path / "out"
+    stopped = run("explain", graph, photos, "--out", out, "--batch-size", "1", "--workers", "1")
+    assert stopped.exit_code == 1
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "p002-astronaut.png: not a readable image" in last
+    assert last.endswith(f"(or add --skip-bad); the images finished are kept in {out}/ and the same command "
+                         "finishes the run")
+    kept = [row["name"] for row in rows_of(out)]
+    assert "p002-astronaut" not in kept and sorted(p.stem.split(".")[0] for p in out.glob("*.png")) == sorted(kept)
+    skipped = run("explain", graph, photos, "--out", out, "--skip-bad")
+    assert skipped.exit_code == 0, skipped.output
+    assert [line for line in skipped.stderr.splitlines() if line.startswith("skipped: ")] == [
+        line for line in skipped.stderr.splitlines() if "p002-astronaut.png" in line]
+    assert "1 skipped (unreadable)" in skipped.stderr.splitlines()[-1]
+    assert sorted(row["name"] for row in rows_of(out)) == ["p000-chelsea", "p001-coffee", "p003-chelsea"]
+
+
 def test_results_table_one_row_per_image_method_and_target(graph, tmp_path):
     """``pandas.read_json(lines=True)`` loads it; each row's score and map statistics are the API's and the
     saved map's."""

@@ -5,7 +5,9 @@ Ray cluster."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -181,11 +183,21 @@ def checked(items, skip_bad: bool):
 def _run_here(explainer, job, explaining, settings, out_dir, todo, batch_size, workers, computers, skip_bad, force,
               quiet):
     """The local engine: pipelined into the locked run folder, with one progress bar."""
-    from onnxcam.runtime.image import quiet_native_stderr
+    from onnxcam.runtime.image import ImageError, quiet_native_stderr
     from onnxcam.runtime.run.engine import run_local
     from onnxcam.runtime.run.folder import open_run
 
     folder = open_run(out_dir, settings, job.rows_per_image, force)
+    stop = threading.Event()
+
+    def on_interrupt(*_) -> None:
+        """Ctrl-C ends the run between batches, so what is finished (files and rows) is kept; a second one at once."""
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    interrupt = signal.signal(signal.SIGINT, on_interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
     left = [(item, name) for item, name in todo if (str(item.path), name) not in folder.done]
     failed = True
     begun = time.perf_counter()
@@ -198,13 +210,18 @@ def _run_here(explainer, job, explaining, settings, out_dir, todo, batch_size, w
 
             outcome = run_local(explainer, job, explaining, folder, left, batch_size, workers, computers, skip_bad,
                                 on_image=(lambda line: None) if quiet else click.echo, on_batch=on_batch,
-                                on_skip=lambda item, reason: click.echo(f"skipped: {reason}", err=True))
+                                on_skip=lambda item, reason: click.echo(f"skipped: {reason}", err=True), stop=stop)
         failed = False
     except KeyboardInterrupt:
         click.echo(f"Error: interrupted; the images finished are kept in {shown(out_dir)}/; run the same command "
                    "again to finish", err=True)
         raise click.exceptions.Exit(130) from None
+    except ImageError as error:  # a file corrupt inside its data, found when decoded (without --skip-bad)
+        raise ImageError(f"{error} (or add --skip-bad); the images finished are kept in {shown(out_dir)}/ and the "
+                         "same command finishes the run") from None
     finally:
+        if interrupt is not None:
+            signal.signal(signal.SIGINT, interrupt)
         folder.close(failed=failed)
     outcome.done_before = len(todo) - len(left)
     return outcome

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,10 +117,12 @@ def run_local(explainer, job: Job, explaining: Explaining, folder: RunFolder, to
               batch_size: int, workers: int | None = None, computers: int = 1, skip_bad: bool = False,
               on_image: Callable[[str], None] = lambda line: None,
               on_batch: Callable[[int], None] = lambda images: None,
-              on_skip: Callable[[Item, str], None] = lambda item, reason: None) -> Outcome:
+              on_skip: Callable[[Item, str], None] = lambda item, reason: None,
+              stop: threading.Event | None = None) -> Outcome:
     """Explain ``todo`` ((item, output name) pairs) into ``folder``, pipelined (``pipeline.py``).
     on_image: each image's line, in order; on_batch: images committed; on_skip: an unreadable image
-    left out (``skip_bad``; else its ``ImageError`` stops the run)."""
+    left out (``skip_bad``; else its ``ImageError`` stops the run); stop: set to end the run at the next
+    batch boundary (a ``KeyboardInterrupt``, raised where nothing is half-done)."""
     outcome = Outcome()
     timings = outcome.timings
 
@@ -162,7 +165,7 @@ def run_local(explainer, job: Job, explaining: Explaining, folder: RunFolder, to
     pipeline = Pipeline(load=timed(timings, "decode", load),
                         compute=timed(timings, "compute", lambda loaded: compute_batch(explainer, job, explaining, loaded)),
                         render=render, commit=commit, batch_size=batch_size, computers=computers, skipped=skipped,
-                        size=lambda batch: len(batch.names), **({"workers": workers} if workers else {}))
+                        size=lambda batch: len(batch.names), stop=stop, **({"workers": workers} if workers else {}))
     pipeline.run(list(todo))
     outcome.seconds = time.perf_counter() - start
     return outcome

@@ -12,7 +12,8 @@ Three stages over a run's images, in order:
 
 At most ``depth`` batches wait at each side, so memory stays bounded whatever the run's length.
 An exception in any stage stops the run: work not started is cancelled, work running finishes
-(files are written whole or not at all), and the exception is raised on the calling thread.
+(files are written whole or not at all), batches already rendered whole are still committed, and
+the exception is raised on the calling thread.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Pipeline(Generic[Item, Loaded, Batch, Rendered]):
     prefetch: int = 64  # images decoded ahead at least (while the first call opens its session, say)
     skipped: Callable[[Item, Skip], None] = lambda item, reason: None
     size: Callable[[Batch], int] = len
+    stop: threading.Event | None = None  # set (by a SIGINT handler, say): stop at the next batch boundary
 
     def run(self, items: Sequence[Item]) -> None:
         """Every item through the three stages; returns when the last batch is committed."""
@@ -110,6 +112,8 @@ class Pipeline(Generic[Item, Loaded, Batch, Rendered]):
         try:
             top_up()
             while loading or computing:
+                if self.stop is not None and self.stop.is_set():
+                    raise KeyboardInterrupt  # between batches: every batch so far is whole, committed or not
                 while loading and len(computing) < self.computers:
                     chunk = next_chunk()
                     if chunk:
@@ -122,6 +126,9 @@ class Pipeline(Generic[Item, Loaded, Batch, Rendered]):
                     self._commit(writing.popleft())
             while writing:
                 self._commit(writing.popleft())
+        except BaseException:
+            self._salvage(writing)
+            raise
         finally:
             for future in [f for _, f in loading] + list(computing) + [f for _, fs in writing for f in fs]:
                 future.cancel()
@@ -131,6 +138,15 @@ class Pipeline(Generic[Item, Loaded, Batch, Rendered]):
     def _commit(self, pending: tuple[Batch, list[Future]]) -> None:
         batch, futures = pending
         self.commit(batch, [future.result() for future in futures])
+
+    def _salvage(self, writing: deque) -> None:
+        """When a stage fails: commit, in order, the batches already rendered whole, so that what was
+        finished is kept; stop at the first that is not (the run's own error is the one raised)."""
+        while writing:
+            try:
+                self._commit(writing.popleft())
+            except BaseException:
+                return
 
 
 def timed(timings: Timings, stage: str, function: Callable) -> Callable:
