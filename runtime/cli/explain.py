@@ -123,10 +123,8 @@ def command(model: Path, images: tuple[Path, ...], files_from: Path | None, mani
         from onnxcam.runtime.run import ray_engine
 
         ray_engine.require_ray()
-    # on the CPU, one batch a core, each session call on one thread (runtime/run/pipeline.py); a GPU takes one
-    on_cpu = CUDA not in resolve_providers(provider)
-    explainer = Explainer(model, providers=provider, threads=1 if on_cpu else None)
-    computers = (os.cpu_count() or 1) if on_cpu else 1
+    computers, threads = session_calls(CUDA not in resolve_providers(provider))
+    explainer = Explainer(model, providers=provider, threads=threads)
     prepared = prepare(explainer, model, methods_, target_text, top_k, layers, eigen_smooth, aug_smooth, options,
                        image_format, save_maps, colormap, alpha)  # target and layers checked before any image is read
     job, explaining, settings = prepared.job, prepared.explaining, prepared.settings
@@ -149,6 +147,20 @@ def command(model: Path, images: tuple[Path, ...], files_from: Path | None, mani
         report = write_page(out_dir)
     if not quiet:
         click.echo(final_line(outcome, out_dir, report, time.perf_counter() - started), err=True)
+
+
+MOST_CALLS = 4  # session calls at once on the CPU: each holds a batch's working memory
+
+
+def session_calls(on_cpu: bool, cores: int | None = None) -> tuple[int, int | None]:
+    """``(calls at once, onnxruntime threads a call)``. On the CPU the cores are shared out between up to
+    ``MOST_CALLS`` calls (2 cores: two calls of one thread, so that no core waits inside an operator
+    for the other while decoding takes it: runtime/run/pipeline.py); a GPU takes one call at a time."""
+    if not on_cpu:
+        return 1, None
+    cores = cores or os.cpu_count() or 1
+    calls = min(cores, MOST_CALLS)
+    return calls, max(1, cores // calls)
 
 
 def checked(items, skip_bad: bool):

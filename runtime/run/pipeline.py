@@ -65,8 +65,8 @@ class Timings:
 @dataclass
 class Pipeline(Generic[Item, Loaded, Batch, Rendered]):
     """The three stages (module docstring). workers: threads loading, and threads rendering;
-    computers: batches computed at once (on the CPU, one a core, each session call on one thread:
-    cores then never wait on each other inside an operator; on a GPU, one)."""
+    computers: batches computed at once (``explain``'s ``session_calls``: on 2 cores, two calls of one
+    onnxruntime thread each, so cores never wait on each other inside an operator; on a GPU, one)."""
 
     load: Callable[[Item], Loaded]
     compute: Callable[[list[Loaded]], Batch]
