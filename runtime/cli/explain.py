@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -194,12 +193,10 @@ def checked(items, skip_bad: bool):
 
 def _run_here(explainer, job, explaining, settings, out_dir, todo, batch_size, workers, computers, skip_bad, force,
               quiet):
-    """The local engine: pipelined into the locked run folder, with one progress bar."""
+    """The local engine (``run_local``, pipelined) in the run folder (``run_in_folder``)."""
     from onnxcam.runtime.image import ImageError, quiet_native_stderr
-    from onnxcam.runtime.run.engine import run_local
-    from onnxcam.runtime.run.folder import open_run
+    from onnxcam.runtime.run.engine import interrupted, run_in_folder, run_local
 
-    folder = open_run(out_dir, settings, job.rows_per_image, force)
     stop = threading.Event()
 
     def on_interrupt(*_) -> None:
@@ -208,35 +205,23 @@ def _run_here(explainer, job, explaining, settings, out_dir, todo, batch_size, w
             raise KeyboardInterrupt
         stop.set()
 
+    def work(folder, left, **report):
+        return run_local(explainer, job, explaining, folder, left, batch_size, workers, computers, skip_bad, stop=stop,
+                         **report)
+
     interrupt = signal.signal(signal.SIGINT, on_interrupt) if threading.current_thread() is threading.main_thread() \
         else None
-    left = [(item, name) for item, name in todo if (str(item.path), name) not in folder.done]
-    failed = True
-    begun = time.perf_counter()
     try:
-        with quiet_native_stderr(), click.progressbar(length=len(left), label="explaining", file=sys.stderr, show_eta=True,
-                               hidden=quiet or len(left) <= batch_size,
-                               item_show_func=lambda rate: rate) as bar:
-            def on_batch(images: int) -> None:
-                bar.update(images, f"{bar.pos + images:.0f}/{len(left)} {(bar.pos + images) / max(time.perf_counter() - begun, 1e-9):.1f} images/s")
-
-            outcome = run_local(explainer, job, explaining, folder, left, batch_size, workers, computers, skip_bad,
-                                on_image=(lambda line: None) if quiet else click.echo, on_batch=on_batch,
-                                on_skip=lambda item, reason: click.echo(f"skipped: {reason}", err=True), stop=stop)
-        failed = False
+        with quiet_native_stderr():  # for the whole run: its decoders run in threads (image.py)
+            return run_in_folder(out_dir, settings, job, todo, batch_size, force, quiet, work)
     except KeyboardInterrupt:
-        click.echo(f"Error: interrupted; the images finished are kept in {shown(out_dir)}/; run the same command "
-                   "again to finish", err=True)
-        raise click.exceptions.Exit(130) from None
+        raise interrupted(out_dir) from None
     except ImageError as error:  # a file corrupt inside its data, found when decoded (without --skip-bad)
         raise ImageError(f"{error} (or add --skip-bad); the images finished are kept in {shown(out_dir)}/ and the "
                          "same command finishes the run") from None
     finally:
         if interrupt is not None:
             signal.signal(signal.SIGINT, interrupt)
-        folder.close(failed=failed)
-    outcome.done_before = len(todo) - len(left)
-    return outcome
 
 
 def final_line(outcome, out_dir: Path, report: Path | None, seconds: float) -> str:

@@ -6,20 +6,22 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import click
 import numpy as np
 
 from onnxcam.runtime.contract import Contract, InputError, shown
 from onnxcam.runtime.image import ImageError, load_view, to_tensor
-from onnxcam.runtime.run.folder import RunFolder
+from onnxcam.runtime.run.folder import RunFolder, open_run
 from onnxcam.runtime.run.inputs import Item
 from onnxcam.runtime.run.pipeline import Pipeline, Skip, Timings, timed
-from onnxcam.runtime.run.render import IMAGE_FORMATS, Batch, Job, image_outputs
+from onnxcam.runtime.run.render import IMAGE_FORMATS, Batch, Job, image_outputs, scores
 from onnxcam.runtime.targets import Target
 
 
@@ -99,7 +101,8 @@ def compute_batch(explainer, job: Job, explaining: Explaining, loaded: list[Load
     target = explainer.target(target, job.top_k)
     return Batch(images=[image.image for image in loaded], names=[image.name for image in loaded],
                  views=[image.view for image in loaded], sizes=[image.size for image in loaded], target=target,
-                 results=results, feeds=target.feeds(job.contract, len(loaded)), seconds=seconds)
+                 results=results, feeds=target.feeds(job.contract, len(loaded)), seconds=seconds,
+                 scores={method: scores(job, result, len(loaded)) for method, result in results.items()})
 
 
 @dataclass
@@ -111,6 +114,42 @@ class Outcome:
     done_before: int = 0
     seconds: float = 0.0
     timings: Timings = field(default_factory=Timings)
+
+
+Work = Callable[..., "Outcome"]  # (folder, left, on_image=, on_batch=, on_skip=) → Outcome: one engine's run
+
+
+def run_in_folder(out: Path, settings: dict, job: Job, todo: Sequence[tuple[Item, str]], batch_size: int,
+                  force: bool, quiet: bool, work: Work) -> Outcome:
+    """What every engine does around its work (docs/runs.md): lock and read the run folder (``open_run``),
+    leave out the images an earlier run finished, run ``work`` on the rest with one progress bar on stderr
+    and each image's line on stdout (neither when ``quiet``), and release the folder (keeping whole images
+    only, if the work failed)."""
+    folder = open_run(out, settings, job.rows_per_image, force)
+    left = [(item, name) for item, name in todo if (str(item.path), name) not in folder.done]
+    failed = True
+    begun = time.perf_counter()
+    try:
+        with click.progressbar(length=len(left), label="explaining", file=sys.stderr, show_eta=True,
+                               hidden=quiet or len(left) <= batch_size, item_show_func=lambda rate: rate) as bar:
+            def on_batch(images: int) -> None:
+                done = bar.pos + images
+                bar.update(images, f"{done:.0f}/{len(left)} {done / max(time.perf_counter() - begun, 1e-9):.1f} images/s")
+
+            outcome = work(folder, left, on_image=(lambda line: None) if quiet else click.echo, on_batch=on_batch,
+                           on_skip=lambda item, reason: click.echo(f"skipped: {reason}", err=True))
+        failed = False
+    finally:
+        folder.close(failed=failed)
+    outcome.done_before = len(todo) - len(left)
+    return outcome
+
+
+def interrupted(out: Path) -> click.exceptions.Exit:
+    """The last line of a run stopped by Ctrl-C, printed; returns the exit (130) to raise."""
+    click.echo(f"Error: interrupted; the images finished are kept in {shown(out)}/; run the same command again to "
+               "finish", err=True)
+    return click.exceptions.Exit(130)
 
 
 def run_local(explainer, job: Job, explaining: Explaining, folder: RunFolder, todo: Sequence[tuple[Item, str]],

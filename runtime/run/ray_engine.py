@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,9 @@ from onnxcam.runtime.files import OutputError
 from onnxcam.runtime.contract import ContractError, InputError, shown
 from onnxcam.runtime.image import ImageError
 from onnxcam.runtime.providers import ProviderError
-from onnxcam.runtime.run.engine import Explaining, Outcome, check_targets, compute_batch, load_item, prepare
-from onnxcam.runtime.run.folder import RunFolder, open_run, put_file
+from onnxcam.runtime.run.engine import (Explaining, Outcome, check_targets, compute_batch, interrupted, load_item,
+                                        prepare, run_in_folder)
+from onnxcam.runtime.run.folder import RunFolder, put_file
 from onnxcam.runtime.run.inputs import Item, output_stems
 from onnxcam.runtime.run.render import Job, Writer, image_outputs
 
@@ -278,33 +278,16 @@ def run_folder(model: Path, provider: str, job: Job, explaining: Explaining, set
                todo: Sequence[tuple[Item, str]], batch_size: int, force: bool = False, quiet: bool = False,
                skip_bad: bool = False, actors: int | None = None, cpus_per_actor: float = CPUS_PER_ACTOR,
                num_gpus: float | None = None) -> Outcome:
-    """The run into ``out`` on the connected cluster, as ``explain``'s ``_run_here`` does it locally: lock and
-    read the folder (``open_run``), skip the images an earlier run finished, explain the rest with a
-    progress bar on stderr and each image's line on stdout (neither when ``quiet``), release the folder."""
-    folder = open_run(Path(out), settings, job.rows_per_image, force)
-    left = [(item, name) for item, name in todo if (str(item.path), name) not in folder.done]
-    failed = True
-    begun = time.perf_counter()
-    try:
-        outcome = Outcome()
-        if left:
-            workers = pool(provider, len(left), batch_size, actors, cpus_per_actor, num_gpus)
-            with click.progressbar(length=len(left), label="explaining", file=sys.stderr, show_eta=True,
-                                   hidden=quiet or len(left) <= batch_size, item_show_func=lambda rate: rate) as bar:
-                def on_batch(images: int) -> None:
-                    done = bar.pos + images
-                    bar.update(images, f"{done:.0f}/{len(left)} "
-                                       f"{done / max(time.perf_counter() - begun, 1e-9):.1f} images/s")
+    """The run into ``out`` on the connected cluster, in the run folder as the local engine's
+    (``engine.run_in_folder``: the lock, resume, the progress bar, each image's line)."""
 
-                outcome = explain_on_ray(model, job, explaining, Path(out), left, workers, batch_size, folder,
-                                         skip_bad, on_image=(lambda line: None) if quiet else click.echo,
-                                         on_batch=on_batch,
-                                         on_skip=lambda image, reason: click.echo(f"skipped: {reason}", err=True))
-        failed = False
-    finally:
-        folder.close(failed=failed)
-    outcome.done_before = len(todo) - len(left)
-    return outcome
+    def work(folder, left, **report) -> Outcome:
+        if not left:
+            return Outcome()
+        workers = pool(provider, len(left), batch_size, actors, cpus_per_actor, num_gpus)
+        return explain_on_ray(model, job, explaining, Path(out), left, workers, batch_size, folder, skip_bad, **report)
+
+    return run_in_folder(Path(out), settings, job, todo, batch_size, force, quiet, work)
 
 
 def run_cli(model: Path, provider: str, job: Job, explaining: Explaining, settings: dict, out_dir: Path,
@@ -321,9 +304,7 @@ def run_cli(model: Path, provider: str, job: Job, explaining: Explaining, settin
     try:
         return run_folder(model, provider, job, explaining, settings, out_dir, todo, batch_size, force, quiet, skip_bad)
     except KeyboardInterrupt:
-        click.echo(f"Error: interrupted; the images finished are kept in {shown(out_dir)}/; run the same command "
-                   "again to finish", err=True)
-        raise click.exceptions.Exit(130) from None
+        raise interrupted(out_dir) from None
     finally:
         if started:
             ray.shutdown()

@@ -58,7 +58,8 @@ class Job:
 class Batch:
     """A batch after its session calls. names: output names ``[N]``; views: RGB ``uint8 [H, W, 3]``
     the model saw; sizes: ``(width, height)`` of the files; results: method → Explanation (per-target
-    arrays ``[N, K, …]`` with ``top_k``); seconds: method → wall seconds of its explain call."""
+    arrays ``[N, K, …]`` with ``top_k``); seconds: method → wall seconds of its explain call; scores:
+    method → its explained scores, computed once a batch (``scores``)."""
 
     images: list[str]
     names: list[str]
@@ -68,6 +69,7 @@ class Batch:
     results: dict[str, Explanation]
     feeds: dict[str, np.ndarray]
     seconds: dict[str, float]
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # method → explained scores [N, K] (``scores``)
 
     @property
     def first(self) -> Explanation:
@@ -128,7 +130,7 @@ def image_outputs(job: Job, batch: Batch, i: int, write: Writer) -> tuple[list[d
     resolved, top = batch.resolved, top_classes(job, batch, i)
     rows = []
     for method, result in batch.results.items():
-        values = scores(job, result, images)
+        values = batch.scores[method]
         maps = result.maps.reshape(images, job.per_image, *result.maps.shape[-2:])
         for rank in range(job.per_image):
             row = i * job.per_image + rank
@@ -166,8 +168,8 @@ def _save_npy(path: Path, map_: np.ndarray) -> None:
 
 def summary_line(job: Job, batch: Batch, i: int) -> str:
     """One line per image: its top class (class scores), and what was explained with its score."""
-    images, resolved, first = len(batch.names), batch.resolved, batch.first
-    values = scores(job, first, images)[i]
+    resolved, first = batch.resolved, batch.first
+    values = batch.scores[first.method][i]
     explained = ", ".join(f"{batch.target.describe(job.contract, i * job.per_image + k, resolved)!r} "
                           f"{score_text(job.class_scores, values[k])}" for k in range(job.per_image))
     image = shown(batch.images[i])
