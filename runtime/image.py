@@ -230,14 +230,8 @@ def load_image(path: str | Path, preprocessing: dict[str, Any] | None = None) ->
 
 def read_image(path: str | Path, preprocessing: dict[str, Any] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """``load_image``, and the file's ``(width, height)`` as its header gives it."""
-    path = Path(path)
-    if not path.is_file():
-        image_size(path)  # the one-line reason
-    data = _read(path)
-    width, height = image_size(path, data)
-    factor = reduction(width, height, needed_size(preprocessing, width, height) if preprocessing else None)
-    image = _decode(path, data, _REDUCED.get(factor, cv2.IMREAD_COLOR))
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), (width, height)
+    image, size = _decode_bgr(path, preprocessing)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), size
 
 
 def load_view(path: str | Path, preprocessing: dict[str, Any], size: tuple[int, int] | None = None
@@ -245,12 +239,21 @@ def load_view(path: str | Path, preprocessing: dict[str, Any], size: tuple[int, 
     """``fit_to_input(load_image(path, preprocessing))`` at less cost, and the file's ``(width, height)``:
     resized while still BGR (OpenCV's order), so only the model's view changes channel order. size: the
     ``(width, height)`` a ``check_header`` of this file already read (its header is then not read again)."""
+    image, size = _decode_bgr(path, preprocessing, size)
+    return cv2.cvtColor(fit_to_input(image, preprocessing), cv2.COLOR_BGR2RGB), size
+
+
+def _decode_bgr(path: str | Path, preprocessing: dict[str, Any] | None,
+                size: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """The file decoded as OpenCV gives it, BGR ``uint8 [h, w, 3]`` (reduced where ``preprocessing`` allows),
+    and its ``(width, height)``: ``size`` if given, else its header's (checked against the pixel limit)."""
     path = Path(path)
-    data = _read(path) if path.is_file() else None
+    if not path.is_file():
+        image_size(path)  # the one-line reason
+    data = _read(path)
     width, height = size or image_size(path, data)
-    factor = reduction(width, height, needed_size(preprocessing, width, height))
-    image = _decode(path, data, _REDUCED.get(factor, cv2.IMREAD_COLOR))
-    return cv2.cvtColor(fit_to_input(image, preprocessing), cv2.COLOR_BGR2RGB), (width, height)
+    factor = reduction(width, height, needed_size(preprocessing, width, height) if preprocessing else None)
+    return _decode(path, data, _REDUCED.get(factor, cv2.IMREAD_COLOR)), (width, height)
 
 
 def needed_size(preprocessing: dict[str, Any], width: int, height: int) -> tuple[int, int]:
